@@ -1,0 +1,1 @@
+"""l2o-lab: learning to optimize in PyTorch."""

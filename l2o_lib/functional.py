@@ -1,0 +1,175 @@
+"""A flat-parameter, functional view of any ``nn.Module``.
+
+Every optimizer in l2o-lab, learned or not, works on one flat vector ``theta`` of all trainable
+parameters. :class:`FlatModel` maps between that vector and the module:
+
+* ``unflatten(theta)`` returns *views* into ``theta`` (``split`` + ``view``; no copies), so the
+  gradient of ``loss(theta, batch)`` with respect to ``theta`` arrives already flat;
+* buffers (BatchNorm running statistics) are not part of ``theta``: they travel as a separate
+  ``dict`` of tensors that a training step updates in place, exactly as ``nn.BatchNorm`` does;
+* ``batched_loss(thetas, batch)`` evaluates a stack ``thetas`` of shape ``(K, D)`` in one
+  ``torch.func.vmap`` call (eval mode, so BatchNorm reads its running statistics and nothing is
+  written in place), chunked when memory asks for it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from .config import check_int
+
+__all__ = ["FlatModel", "Batch"]
+
+Batch = tuple[Tensor, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class FlatModel:
+    """Functional access to ``module`` through one flat parameter vector.
+
+    Args:
+        module: any ``nn.Module``; its trainable parameters define the layout of ``theta``.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar``; cross-entropy by default.
+
+    Attributes:
+        dim: number of entries of ``theta``.
+        names, shapes, numels: the layout, in ``module.named_parameters()`` order.
+    """
+
+    def __init__(self, module: nn.Module, loss_fn: LossFn = F.cross_entropy):
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        self.module = module
+        self.loss_fn = loss_fn
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("module has no trainable parameters")
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.dim = sum(self.numels)
+        self.buffer_names = [n for n, _ in module.named_buffers()]
+
+    # ------------------------------------------------------------------ layout
+    def flatten(self) -> Tensor:
+        """A fresh flat copy of the module's current parameters."""
+        params = dict(self.module.named_parameters())
+        return torch.cat([params[n].detach().reshape(-1) for n in self.names])
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """Views of ``theta`` shaped like the module's parameters (no copy)."""
+        self.check_theta(theta)
+        return {n: t.view(s) for n, t, s in zip(self.names, torch.split(theta, self.numels), self.shapes)}
+
+    def load(self, theta: Tensor) -> None:
+        """Copy ``theta`` into the module's own parameters (for code that wants the module)."""
+        params = dict(self.module.named_parameters())
+        with torch.no_grad():
+            for n, v in self.unflatten(theta).items():
+                params[n].copy_(v)
+
+    def segments(self) -> list[int]:
+        """Sizes of the per-tensor segments of ``theta`` (for layer-wise rules such as LAMB)."""
+        return list(self.numels)
+
+    def check_theta(self, theta: Tensor, *, batched: bool = False) -> None:
+        """Raise ``ValueError`` unless ``theta`` has this model's size (``(K, D)`` if batched)."""
+        if not isinstance(theta, Tensor):
+            raise ValueError(f"theta must be a torch.Tensor, got {type(theta).__name__}")
+        want = f"(K, {self.dim})" if batched else f"({self.dim},)"
+        ok = theta.dim() == (2 if batched else 1) and theta.shape[-1] == self.dim
+        if not ok:
+            raise ValueError(f"theta has shape {tuple(theta.shape)}; this model needs {want}")
+
+    def init_buffers(self) -> dict[str, Tensor]:
+        """A private copy of the module's buffers (BatchNorm statistics) to carry as state."""
+        return {n: b.detach().clone() for n, b in self.module.named_buffers()}
+
+    # ------------------------------------------------------------- evaluation
+    @contextmanager
+    def _mode(self, train: bool) -> Iterator[None]:
+        # functional_call honours module.training; restore it so callers see no side effect.
+        was = self.module.training
+        self.module.train(train)
+        try:
+            yield
+        finally:
+            self.module.train(was)
+
+    def apply(self, theta: Tensor, x: Tensor, buffers: dict[str, Tensor] | None = None,
+              *, train: bool = False) -> Tensor:
+        """Model outputs at ``theta``.
+
+        In ``train`` mode BatchNorm uses batch statistics and updates ``buffers`` in place
+        (pass ``init_buffers()`` state; ``None`` uses the module's own buffers).
+        """
+        params = self.unflatten(theta)
+        state = params if buffers is None else {**params, **buffers}
+        with self._mode(train):
+            return functional_call(self.module, state, (x,), strict=False)
+
+    def loss(self, theta: Tensor, batch: Batch, buffers: dict[str, Tensor] | None = None,
+             *, train: bool = True) -> Tensor:
+        """Scalar training loss of ``theta`` on ``batch = (x, y)``."""
+        x, y = batch
+        return self.loss_fn(self.apply(theta, x, buffers, train=train), y)
+
+    def loss_and_grad(self, theta: Tensor, batch: Batch, buffers: dict[str, Tensor] | None = None,
+                      *, create_graph: bool = False, train: bool = True) -> tuple[Tensor, Tensor]:
+        """``(loss, d loss / d theta)``; the gradient is one flat tensor.
+
+        ``create_graph=True`` keeps the graph for meta-gradients through the step.
+        """
+        with torch.enable_grad():
+            leaf = theta if theta.requires_grad else theta.detach().requires_grad_(True)
+            loss = self.loss(leaf, batch, buffers, train=train)
+            (g,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
+        return (loss if create_graph else loss.detach()), g
+
+    def batched_apply(self, thetas: Tensor, x: Tensor, buffers: dict[str, Tensor] | None = None,
+                      *, chunk_size: int | None = None) -> Tensor:
+        """Outputs for every row of ``thetas`` (``(K, D)``) on the same inputs: ``(K, N, ...)``.
+
+        Runs in eval mode under ``vmap`` so no buffer is written; rows are processed
+        ``chunk_size`` at a time when given (to bound memory).
+        """
+        self.check_theta(thetas, batched=True)
+        if chunk_size is not None:
+            check_int("chunk_size", chunk_size)
+        buffers = dict(self.module.named_buffers()) if buffers is None else buffers
+
+        def one(theta: Tensor) -> Tensor:
+            return functional_call(self.module, {**self.unflatten(theta), **buffers}, (x,), strict=False)
+
+        with self._mode(False):
+            return vmap(one, chunk_size=chunk_size)(thetas)
+
+    def batched_loss(self, thetas: Tensor, batch: Batch, buffers: dict[str, Tensor] | None = None,
+                     *, chunk_size: int | None = None) -> Tensor:
+        """Loss of every row of ``thetas`` on ``batch`` in one batched call: shape ``(K,)``."""
+        x, y = batch
+        out = self.batched_apply(thetas, x, buffers, chunk_size=chunk_size)
+        return vmap(lambda o: self.loss_fn(o, y))(out)
+
+    @torch.no_grad()
+    def evaluate(self, theta: Tensor, x: Tensor, y: Tensor, buffers: dict[str, Tensor] | None = None,
+                 *, batch_size: int = 2048) -> dict[str, Tensor]:
+        """Mean loss and accuracy of ``theta`` over ``(x, y)`` in eval mode, as 0-d tensors.
+
+        Returns tensors (not floats) so a training loop can log them without a host sync.
+        """
+        check_int("batch_size", batch_size)
+        total_loss = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device)
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            out = self.apply(theta, xb, buffers, train=False)
+            total_loss += self.loss_fn(out, yb) * len(xb)
+            correct += (out.argmax(-1) == yb).sum()
+        return {"loss": total_loss / len(x), "accuracy": correct / len(x)}

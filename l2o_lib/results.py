@@ -1,0 +1,507 @@
+"""Run directories, crash-safe file writes and checkpoints.
+
+Every experiment writes into its own *run directory* (``runs/<name>`` by default)::
+
+    runs/<name>/
+        params.json          # the params, plus git commit, torch version, creation time
+        metrics.jsonl        # one JSON object per log_metrics() call, append-only
+        results/<key>.json   # small JSON summaries (save_result / load_result)
+        checkpoints/step_00000100.pt  # the last ``keep`` checkpoints
+
+Files other than ``metrics.jsonl`` are written atomically (temp file in the same directory,
+flush + fsync, then ``os.replace``), so a run killed at any moment leaves either the old or the
+new version of a file, never half of one. ``metrics.jsonl`` is appended one line per call
+(cheap); a line torn by a kill is dropped when the run is reopened.
+
+A training loop that survives being killed and restarted::
+
+    run = Run("mnist1d-adam", params={"lr": 1e-3, "steps": 1000})
+    start, state = resume_or_start(run, lambda: {"model": model.state_dict(), "opt": opt.state_dict()})
+    model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+    for step in range(start, 1000):          # ``step`` counts completed steps before this one
+        loss = train_step()
+        run.log_metrics(step, loss=loss)
+        if (step + 1) % 100 == 0:
+            run.save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict()}, step + 1)
+
+Checkpoint ``step`` is the number of completed steps, so the loop resumes at
+``range(step, ...)``; metrics logged at steps ``>= step`` by the killed run are discarded on
+resume because the loop logs them again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+from .config import check_int
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "check_name",
+    "to_jsonable",
+    "Run",
+    "resume_or_start",
+]
+
+# New files get the usual rw-r--r-- rather than mkstemp's private 0600; reading the umask
+# would mean setting it, which races with other threads.
+_NEW_FILE_MODE = 0o644
+_CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
+_TMP_GLOB = ".*.tmp"  # what _atomic_open's temp files look like, for stale-file cleanup
+
+
+def check_name(param: str, value: Any) -> str:
+    """Require a usable file/directory name: a non-empty string without path separators.
+
+    ``"."`` and ``".."`` and names starting with ``"."`` (hidden files, our temp files) are
+    refused as well.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{param} must be a non-empty string, got {value!r}")
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(s in value for s in seps):
+        raise ValueError(f"{param}={value!r} must not contain path separators ('/' or '\\')")
+    if value.startswith(".") or "\x00" in value:
+        raise ValueError(f"{param}={value!r} must not start with '.' or contain NUL characters")
+    return value
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable after a power loss; directories cannot be opened this
+    # way on Windows, where os.replace is durable enough for our purposes.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
+    """Yield a temp file next to ``path``; on success fsync it and rename it onto ``path``.
+
+    The temp file lives in the same directory because ``os.replace`` is only atomic within
+    one file system. On any exception (including a failing ``os.replace``) the temp file is
+    removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        try:
+            mode_bits = path.stat().st_mode & 0o777  # keep the permissions of the file we replace
+        except OSError:
+            mode_bits = _NEW_FILE_MODE
+        with contextlib.suppress(OSError, AttributeError):
+            os.fchmod(fd, mode_bits)
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (creating parent directories); return the path."""
+    with _atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (creating parent directories); return the path."""
+    with _atomic_open(path, "w", encoding=encoding, newline="") as f:
+        f.write(text)
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars/arrays and torch tensors all have .tolist(): 0-d ones give a Python
+    # number, others nested lists (torch copies from the GPU as needed).
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        tensor_detach = getattr(obj, "detach", None)
+        if callable(tensor_detach):  # torch: tolist() refuses nothing, but skip the autograd graph
+            obj = tensor_detach()
+        return obj.tolist()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if hasattr(obj, "item") and callable(obj.item):  # other array-likes exposing a scalar
+        return obj.item()
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types (what ``json.load`` of :func:`atomic_write_json`'s file gives).
+
+    numpy / torch scalars become Python numbers, arrays and tensors nested lists, dataclasses
+    dicts, tuples lists, paths strings.
+    """
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
+    """Write ``obj`` as indented JSON atomically; numpy / torch values become plain numbers/lists."""
+    # Serialise first so an unserialisable object raises before any file is touched.
+    text = json.dumps(obj, indent=indent, default=_json_default) + "\n"
+    return atomic_write_text(path, text)
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (creating parent directories); return the path."""
+    import torch  # lazily: JSON-only users of this module need not pay for importing torch
+
+    with _atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- run directories
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout holding this package, or ``None`` (no git, no repo, no commit)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def _torch_version() -> str | None:
+    # Package metadata instead of ``import torch``: opening a run should stay cheap.
+    try:
+        from importlib.metadata import version
+
+        return version("torch")
+    except Exception:  # noqa: BLE001 - metadata missing or broken: the version is just unknown
+        return None
+
+
+def _describe_diff(old: Any, new: Any) -> str:
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return f"{old!r} -> {new!r}"
+    parts = []
+    for key in sorted(set(old) | set(new), key=str):
+        if key not in new:
+            parts.append(f"{key}: {old[key]!r} -> (missing)")
+        elif key not in old:
+            parts.append(f"{key}: (missing) -> {new[key]!r}")
+        elif old[key] != new[key]:
+            parts.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    shown = "; ".join(parts[:8])
+    return shown + (f"; ... ({len(parts) - 8} more)" if len(parts) > 8 else "")
+
+
+class Run:
+    """One experiment's directory ``root/name``: params, metrics, results and checkpoints.
+
+    Args:
+        name: the run's directory name (non-empty, no path separators).
+        root: the directory holding runs.
+        params: the experiment's settings (JSON-serialisable; numpy/torch scalars, tuples and
+            dataclasses such as :class:`~l2o_lib.config.Profile` are converted). Stored in
+            ``params.json`` together with the git commit (``None`` when not obtainable), the
+            torch version and the creation time.
+        resume: when the directory already exists, ``True`` reopens it (metrics are reloaded and
+            checkpoints stay available) provided the params match, and raises ``ValueError``
+            if they differ; ``params=None`` reopens whatever params are stored (for analysis).
+            ``False`` deletes the existing run and starts fresh; a non-empty directory that
+            has no ``params.json`` is refused rather than deleted.
+
+    Attributes:
+        path: the run directory.
+        params: the params as stored (plain JSON types).
+        info: the whole ``params.json`` content (params, git_commit, torch_version, created).
+        resumed: whether an existing run was reopened.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str | os.PathLike = "runs",
+        params: dict | None = None,
+        resume: bool = True,
+    ) -> None:
+        self.name = check_name("name", name)
+        if params is not None and not isinstance(params, dict) and not dataclasses.is_dataclass(params):
+            raise ValueError(f"params must be a dict (or a dataclass) or None, got {type(params).__name__}")
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume must be True or False, got {resume!r}")
+        self.path = Path(root) / name
+        self._params_file = self.path / "params.json"
+        self._metrics_file = self.path / "metrics.jsonl"
+        self._checkpoint_dir = self.path / "checkpoints"
+        self._results_dir = self.path / "results"
+        self._metrics: list[dict] = []
+        new_params = to_jsonable(params) if params is not None else None
+
+        if self.path.exists() and not resume:
+            self._clear()
+        existing = self._params_file.exists()
+        if existing:
+            self.info = json.loads(self._params_file.read_text(encoding="utf-8"))
+            stored = self.info.get("params")
+            if new_params is not None and stored != new_params:
+                raise ValueError(
+                    f"run {str(self.path)!r} already exists with different params "
+                    f"({_describe_diff(stored, new_params)}); pass resume=False to delete it and "
+                    "start over, or choose another name"
+                )
+            self.params = stored
+        else:
+            self.params = new_params if new_params is not None else {}
+            self.info = {
+                "params": self.params,
+                "git_commit": _git_commit(),
+                "torch_version": _torch_version(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            atomic_write_json(self._params_file, self.info)
+        self.resumed = existing
+        self._remove_stale_temp_files()
+        self._metrics = self._read_metrics()
+
+    def __repr__(self) -> str:
+        return f"Run({self.name!r}, root={str(self.path.parent)!r}, steps_logged={len(self._metrics)})"
+
+    # ----------------------------------------------------------------- lifecycle helpers
+
+    def _clear(self) -> None:
+        if not self.path.is_dir():
+            raise ValueError(f"run path {str(self.path)!r} exists and is not a directory")
+        if any(self.path.iterdir()) and not self._params_file.exists():
+            # A safety net for a mistyped root: only delete what looks like one of our runs.
+            raise ValueError(
+                f"refusing to delete {str(self.path)!r} for resume=False: it is not empty and has "
+                "no params.json, so it does not look like a run directory"
+            )
+        shutil.rmtree(self.path)
+
+    def _remove_stale_temp_files(self) -> None:
+        # Left only when a process was SIGKILLed between creating a temp file and renaming it.
+        for directory in (self.path, self._checkpoint_dir, self._results_dir):
+            if directory.is_dir():
+                for tmp in directory.glob(_TMP_GLOB):
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
+
+    # ----------------------------------------------------------------- metrics
+
+    def _read_metrics(self) -> list[dict]:
+        if not self._metrics_file.exists():
+            return []
+        raw = self._metrics_file.read_text(encoding="utf-8")
+        rows, bad = [], 0
+        for line in raw.splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(row, dict) and "step" in row:
+                rows.append(row)
+            else:
+                bad += 1
+        if bad or (raw and not raw.endswith("\n")):
+            # Rewrite without the torn line(s): appending after a line with no newline would
+            # glue the next record onto it.
+            if bad:
+                warnings.warn(
+                    f"dropped {bad} unreadable line(s) from {self._metrics_file} "
+                    "(the previous process was probably killed while writing)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            self._write_metrics(rows)
+        return rows
+
+    def _write_metrics(self, rows: list[dict]) -> None:
+        atomic_write_text(self._metrics_file, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def log_metrics(self, step: int, **metrics: Any) -> dict:
+        """Record ``metrics`` (numbers, numpy/torch scalars) at ``step``; returns the stored row.
+
+        The row is kept in memory and appended as one line to ``metrics.jsonl`` (one small
+        write per call, no rewrite of the file), so logging every step stays cheap.
+        """
+        check_int("step", step, minimum=0)
+        row = {"step": step, **to_jsonable(metrics)}
+        line = json.dumps(row) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self._metrics_file, "a", encoding="utf-8") as f:
+            f.write(line)
+        self._metrics.append(row)
+        return row
+
+    @property
+    def metrics(self) -> list[dict]:
+        """All logged rows in logging order, each ``{"step": ..., <metric>: ...}`` (a copy)."""
+        return [dict(r) for r in self._metrics]
+
+    def metrics_frame(self):
+        """The metrics as a ``pandas.DataFrame`` with a ``step`` column first (one row per call)."""
+        import pandas as pd
+
+        if not self._metrics:
+            return pd.DataFrame(columns=["step"])
+        frame = pd.DataFrame(self._metrics)
+        return frame[["step"] + [c for c in frame.columns if c != "step"]]
+
+    def rewind(self, step: int) -> None:
+        """Forget what happened at or after ``step``: metrics with step >= ``step`` and
+        checkpoints with step > ``step``. Used when resuming from the checkpoint at ``step``."""
+        check_int("step", step, minimum=0)
+        kept = [r for r in self._metrics if r["step"] < step]
+        if len(kept) != len(self._metrics):
+            self._write_metrics(kept)
+            self._metrics = kept
+        for s, path in self._checkpoints():
+            if s > step:
+                path.unlink()
+
+    # ----------------------------------------------------------------- results
+
+    def _result_path(self, name: str) -> Path:
+        return self._results_dir / f"{check_name('name', name)}.json"
+
+    def save_result(self, name: str, obj: Any) -> Path:
+        """Store a JSON summary as ``results/<name>.json`` (atomically); returns the path."""
+        return atomic_write_json(self._result_path(name), obj)
+
+    def load_result(self, name: str) -> Any:
+        """Load ``results/<name>.json``; raises ``FileNotFoundError`` when it was never saved."""
+        path = self._result_path(name)
+        if not path.exists():
+            saved = sorted(p.stem for p in self._results_dir.glob("*.json")) if self._results_dir.is_dir() else []
+            raise FileNotFoundError(f"run {self.name!r} has no result {name!r}; saved results: {saved}")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def has_result(self, name: str) -> bool:
+        """Whether ``results/<name>.json`` exists (lets a notebook skip finished work)."""
+        return self._result_path(name).exists()
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def _checkpoints(self) -> list[tuple[int, Path]]:
+        if not self._checkpoint_dir.is_dir():
+            return []
+        found = []
+        for path in self._checkpoint_dir.iterdir():
+            match = _CHECKPOINT_RE.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the checkpoints on disk, oldest first."""
+        return [s for s, _ in self._checkpoints()]
+
+    def save_checkpoint(self, state: dict, step: int, keep: int = 2) -> Path:
+        """Write ``checkpoints/step_{step:08d}.pt`` atomically, then delete all but the newest ``keep``.
+
+        ``step`` should be the number of completed steps (the loop resumes at ``range(step, ...)``).
+        The new file is complete on disk before any older one is deleted, so a kill at any point
+        leaves at least one usable checkpoint.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"state must be a dict, got {type(state).__name__}")
+        check_int("step", step, minimum=0)
+        check_int("keep", keep, minimum=1)
+        path = atomic_torch_save(self._checkpoint_dir / f"step_{step:08d}.pt", state)
+        checkpoints = self._checkpoints()
+        for _, old in checkpoints[: max(0, len(checkpoints) - keep)]:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+        return path
+
+    def load_checkpoint(self, step: int | None = None, *, map_location: Any = "cpu", weights_only: bool = True) -> dict:
+        """The state saved at ``step`` (the newest when ``None``).
+
+        ``weights_only=True`` (torch's safe loader) accepts tensors, numbers, strings and
+        containers of them, which covers model and optimizer state dicts; pass ``False`` for
+        states holding other objects (e.g. numpy RNG state) from runs you trust.
+        Raises ``FileNotFoundError`` when there is no such checkpoint.
+        """
+        import torch
+
+        checkpoints = dict(self._checkpoints())
+        if step is None:
+            if not checkpoints:
+                raise FileNotFoundError(f"run {self.name!r} has no checkpoints")
+            step = max(checkpoints)
+        check_int("step", step, minimum=0)
+        if step not in checkpoints:
+            raise FileNotFoundError(f"run {self.name!r} has no checkpoint at step {step}; available: {sorted(checkpoints)}")
+        return torch.load(checkpoints[step], map_location=map_location, weights_only=weights_only)
+
+    def latest_checkpoint(self, *, map_location: Any = "cpu", weights_only: bool = True) -> tuple[int, dict] | None:
+        """``(step, state)`` of the newest checkpoint, or ``None`` when there is none."""
+        checkpoints = self._checkpoints()
+        if not checkpoints:
+            return None
+        step = checkpoints[-1][0]
+        return step, self.load_checkpoint(step, map_location=map_location, weights_only=weights_only)
+
+
+def resume_or_start(
+    run: Run,
+    init_fn: Callable[[], Any],
+    *,
+    map_location: Any = "cpu",
+    weights_only: bool = True,
+) -> tuple[int, Any]:
+    """``(start_step, state)``: the newest checkpoint of ``run``, else ``(0, init_fn())``.
+
+    Metrics the interrupted process logged at steps ``>= start_step`` are discarded (see
+    :meth:`Run.rewind`) because the loop, running ``range(start_step, ...)``, logs them again.
+    """
+    if not isinstance(run, Run):
+        raise ValueError(f"run must be a Run, got {type(run).__name__}")
+    if not callable(init_fn):
+        raise ValueError(f"init_fn must be callable, got {init_fn!r}")
+    latest = run.latest_checkpoint(map_location=map_location, weights_only=weights_only)
+    start, state = latest if latest is not None else (0, init_fn())
+    run.rewind(start)
+    return start, state

@@ -1,0 +1,160 @@
+"""Training loops over the flat-parameter core and over ordinary modules.
+
+:func:`train_flat` drives a pure transform on a :class:`~l2o_lib.functional.FlatModel`;
+:func:`train_module` drives any ``torch.optim.Optimizer`` on an ``nn.Module``. Both draw batches
+from a device-side sampler, record the training loss of every step into a device tensor (no
+host synchronisation inside the loop) and evaluate on held-out data every ``eval_every`` steps.
+They return a :class:`History`, converted to host numbers once, at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .config import check_int, headless
+from .functional import FlatModel
+from .optim.base import Transform
+
+__all__ = ["History", "train_flat", "train_module", "progress", "mean_curve"]
+
+
+class Sampler(Protocol):
+    def sample(self) -> tuple[Tensor, Tensor]: ...
+
+
+@dataclass
+class History:
+    """What a training run produced.
+
+    Attributes:
+        train_loss: loss of every step's mini-batch, shape ``(steps,)``.
+        eval_steps: steps after which the model was evaluated (0 = before training).
+        test_loss, test_accuracy: evaluation results at ``eval_steps``.
+        seconds: wall time of the loop (evaluation included).
+        theta: final flat parameters (``train_flat``) or ``None``.
+    """
+
+    train_loss: np.ndarray
+    eval_steps: np.ndarray
+    test_loss: np.ndarray
+    test_accuracy: np.ndarray
+    seconds: float
+    theta: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def final_accuracy(self) -> float:
+        return float(self.test_accuracy[-1]) if len(self.test_accuracy) else float("nan")
+
+    def as_dict(self) -> dict:
+        """JSON-friendly summary (arrays as lists, no tensors)."""
+        return {"train_loss": self.train_loss.tolist(), "eval_steps": self.eval_steps.tolist(),
+                "test_loss": self.test_loss.tolist(), "test_accuracy": self.test_accuracy.tolist(),
+                "seconds": self.seconds, **self.extra}
+
+
+def progress(iterable, *, total: int | None = None, desc: str | None = None, **kwargs):
+    """A tqdm progress bar that stays silent in headless (papermill / CI) runs."""
+    return tqdm(iterable, total=total, desc=desc, disable=headless(), leave=False, **kwargs)
+
+
+def _finish(losses: Tensor, evals: list[tuple[int, dict]], seconds: float, theta=None) -> History:
+    # The single host synchronisation of the run.
+    steps = np.array([s for s, _ in evals], dtype=np.int64)
+    stacked = torch.stack([torch.stack([e["loss"], e["accuracy"]]) for _, e in evals]).cpu().numpy() \
+        if evals else np.zeros((0, 2))
+    return History(losses.cpu().numpy(), steps, stacked[:, 0], stacked[:, 1], seconds, theta)
+
+
+def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, steps: int,
+               theta: Tensor | None = None, buffers: dict[str, Tensor] | None = None,
+               eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
+               desc: str | None = None) -> History:
+    """Train with a pure transform: ``theta ← theta + update(grad, state, theta, step)``.
+
+    Args:
+        model: the flat view of the network.
+        transform: any optimizer from :mod:`l2o_lib.optim` (or a learned one).
+        sampler: yields training batches via ``sample()``.
+        steps: number of updates.
+        theta: starting parameters (the module's current ones by default).
+        buffers: BatchNorm state (a fresh copy of the module's by default); updated in place.
+        eval_data: ``(x, y)`` evaluated at step 0, every ``eval_every`` steps and at the end.
+    """
+    check_int("steps", steps)
+    check_int("eval_every", eval_every)
+    theta = model.flatten() if theta is None else theta.detach().clone()
+    model.check_theta(theta)
+    buffers = model.init_buffers() if buffers is None else buffers
+    state = transform.init(theta)
+    losses = torch.empty(steps, device=theta.device)
+    evals: list[tuple[int, dict]] = []
+
+    def evaluate(step: int) -> None:
+        if eval_data is not None:
+            evals.append((step, model.evaluate(theta, *eval_data, buffers)))
+
+    start = time.perf_counter()
+    evaluate(0)
+    for step in progress(range(steps), desc=desc):
+        loss, grad = model.loss_and_grad(theta, sampler.sample(), buffers)
+        delta, state = transform.update(grad, state, theta, step)
+        theta = theta + delta
+        losses[step] = loss
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            evaluate(step + 1)
+    return _finish(losses, evals, time.perf_counter() - start, theta)
+
+
+def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler, *, steps: int,
+                 eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+                 desc: str | None = None) -> History:
+    """The ordinary PyTorch loop (``zero_grad``, ``backward``, ``step``) with the same bookkeeping
+    as :func:`train_flat`, so both paths can be compared number for number."""
+    check_int("steps", steps)
+    check_int("eval_every", eval_every)
+    device = next(module.parameters()).device
+    losses = torch.empty(steps, device=device)
+    evals: list[tuple[int, dict]] = []
+    flat = FlatModel(module, loss_fn)
+
+    def evaluate(step: int) -> None:
+        if eval_data is not None:
+            evals.append((step, flat.evaluate(flat.flatten(), *eval_data)))
+
+    start = time.perf_counter()
+    evaluate(0)
+    for step in progress(range(steps), desc=desc):
+        x, y = sampler.sample()
+        module.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(module(x), y)
+        loss.backward()
+        optimizer.step()
+        losses[step] = loss.detach()
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            evaluate(step + 1)
+    return _finish(losses, evals, time.perf_counter() - start)
+
+
+def mean_curve(histories: list[History], field: str = "train_loss") -> dict[str, np.ndarray]:
+    """Mean and std over runs of one recorded curve, as ``{"x", "y", "y_std"}`` for
+    :func:`l2o_lib.plots.curves`. ``field``: ``train_loss`` (x = step 1..N), ``test_loss`` or
+    ``test_accuracy`` (x = the evaluation steps)."""
+    from .config import check_choice
+
+    check_choice("field", field, ("train_loss", "test_loss", "test_accuracy"))
+    if not histories:
+        raise ValueError("histories must not be empty")
+    ys = np.stack([getattr(h, field) for h in histories])
+    x = np.arange(1, ys.shape[1] + 1) if field == "train_loss" else histories[0].eval_steps
+    return {"x": x, "y": ys.mean(0), "y_std": ys.std(0)}
