@@ -1,1 +1,39 @@
-"""l2o-lab: learning to optimize in PyTorch."""
+"""l2o-lab: learning to optimize in PyTorch.
+
+Everything works on a **flat parameter vector** ``theta`` of a model (:class:`FlatModel`), and
+every optimizer, hand-designed or learned, is a pure pair ``init(theta) -> state`` /
+``update(grad, state, theta, step) -> (delta, state)`` (:class:`~l2o_lib.optim.Transform`) that
+:class:`~l2o_lib.optim.FlatOptimizer` turns into a ``torch.optim.Optimizer``.
+
+Modules:
+
+=================  ===========================================================================
+``config``         profiles (``ci``, ``quick``, ``paper``) and argument validation
+``data``           device-resident datasets (MNIST-1D, digits, synthetic, CIFAR), samplers
+``models``         MLP, ConvNet, LeNet-5, ResNet-20/32/18/34, VGG-16, tiny ViT; ``build_model``
+``functional``     ``FlatModel``: flat parameters, loss / grad, batched evaluation with vmap
+``optim``          baselines, schedules, registry, ``torch.optim`` adapter
+``training``       training loops for the functional core and for ``nn.Module`` + optimizer
+``metrics``        convergence step, steps-to-target, speed-ups, mean ± std tables
+``results``        run directories, atomic writes, checkpoints and resume
+``plots``          plotly figure builders and ``save`` (HTML + PNG)
+``runner``/``cli`` papermill notebook runner and the ``l2o`` command
+``benchmark``      timing helpers behind ``l2o bench``
+=================  ===========================================================================
+"""
+
+from .config import PROFILES, Profile, get_profile, resolve_device
+from .data import BatchSampler, Dataset, load_dataset
+from .functional import FlatModel
+from .models import MODELS, build_model
+from .optim import OPTIMIZERS, FlatOptimizer, Transform, get_optimizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROFILES", "Profile", "get_profile", "resolve_device",
+    "BatchSampler", "Dataset", "load_dataset",
+    "FlatModel",
+    "MODELS", "build_model",
+    "OPTIMIZERS", "FlatOptimizer", "Transform", "get_optimizer",
+]

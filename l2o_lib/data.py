@@ -427,7 +427,7 @@ def load_dataset(name: str, *, root: str | os.PathLike = "data", device: DeviceL
         ValueError: an unknown name, option or bad value (before anything is loaded).
         FileNotFoundError: CIFAR files are missing and ``download`` is False.
     """
-    check_choice("name", name, DATASETS)
+    check_choice("dataset", name, DATASETS)
     spec = DATASETS[name]
     check_int("seed", seed, minimum=0)
     if n_train is not None:

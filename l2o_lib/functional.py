@@ -158,6 +158,25 @@ class FlatModel:
         return vmap(lambda o: self.loss_fn(o, y))(out)
 
     @torch.no_grad()
+    def batched_evaluate(self, thetas: Tensor, x: Tensor, y: Tensor, buffers: dict[str, Tensor] | None = None,
+                         *, batch_size: int = 2048, chunk_size: int | None = None) -> dict[str, Tensor]:
+        """Loss and accuracy of every row of ``thetas`` over ``(x, y)``: tensors of shape ``(K,)``.
+
+        One vmapped call per data batch (eval mode), e.g. to score a whole trajectory of
+        checkpoints or a landscape grid at once.
+        """
+        check_int("batch_size", batch_size)
+        self.check_theta(thetas, batched=True)
+        total_loss = torch.zeros(len(thetas), device=x.device)
+        correct = torch.zeros(len(thetas), device=x.device)
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            out = self.batched_apply(thetas, xb, buffers, chunk_size=chunk_size)  # (K, N, C)
+            total_loss += vmap(lambda o: self.loss_fn(o, yb))(out) * len(xb)
+            correct += (out.argmax(-1) == yb).sum(-1)
+        return {"loss": total_loss / len(x), "accuracy": correct / len(x)}
+
+    @torch.no_grad()
     def evaluate(self, theta: Tensor, x: Tensor, y: Tensor, buffers: dict[str, Tensor] | None = None,
                  *, batch_size: int = 2048) -> dict[str, Tensor]:
         """Mean loss and accuracy of ``theta`` over ``(x, y)`` in eval mode, as 0-d tensors.

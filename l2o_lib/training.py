@@ -77,7 +77,7 @@ def _finish(losses: Tensor, evals: list[tuple[int, dict]], seconds: float, theta
 def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, steps: int,
                theta: Tensor | None = None, buffers: dict[str, Tensor] | None = None,
                eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
-               desc: str | None = None) -> History:
+               desc: str | None = None, on_step: Callable[[int, Tensor], None] | None = None) -> History:
     """Train with a pure transform: ``theta ← theta + update(grad, state, theta, step)``.
 
     Args:
@@ -88,6 +88,8 @@ def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, step
         theta: starting parameters (the module's current ones by default).
         buffers: BatchNorm state (a fresh copy of the module's by default); updated in place.
         eval_data: ``(x, y)`` evaluated at step 0, every ``eval_every`` steps and at the end.
+        on_step: ``on_step(k, theta)`` after the ``k``-th update (``k = 1 … steps``), e.g. to
+            store checkpoints for DLDR.
     """
     check_int("steps", steps)
     check_int("eval_every", eval_every)
@@ -109,6 +111,8 @@ def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, step
         delta, state = transform.update(grad, state, theta, step)
         theta = theta + delta
         losses[step] = loss
+        if on_step is not None:
+            on_step(step + 1, theta)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1)
     return _finish(losses, evals, time.perf_counter() - start, theta)

@@ -91,3 +91,13 @@ def test_wrong_size_theta_is_rejected(batch):
         fm.batched_loss(torch.zeros(fm.dim), batch)
     with pytest.raises(ValueError, match="module"):
         FlatModel("not a module")
+
+
+def test_batched_evaluate_equals_loop(batch):
+    fm = FlatModel(small_cnn())
+    thetas = fm.flatten() + 0.2 * torch.randn(4, fm.dim, generator=torch.Generator().manual_seed(2))
+    many = fm.batched_evaluate(thetas, *batch, batch_size=5, chunk_size=3)
+    for k, theta in enumerate(thetas):
+        one = fm.evaluate(theta, *batch, batch_size=7)
+        assert many["loss"][k].item() == pytest.approx(one["loss"].item(), rel=1e-5)
+        assert many["accuracy"][k].item() == pytest.approx(one["accuracy"].item())
