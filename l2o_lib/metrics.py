@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import check_int, check_nonnegative, check_positive
+from .config import check_choice, check_int, check_nonnegative, check_positive
 
 __all__ = ["convergence_step", "convergence_steps", "steps_to_target", "speedup", "accuracy",
            "mean_std", "summary_table"]
@@ -60,9 +60,11 @@ def convergence_steps(curves: Mapping[str, Iterable], **kwargs) -> dict[str, int
     return {k: convergence_step(a, best=best, **kwargs) for k, a in arrays.items()}
 
 
-def steps_to_target(losses, target: float, *, smooth: int = 1) -> int | None:
-    """First step at which the (moving-average ``smooth``) loss is ``<= target``; ``None`` if never."""
+def steps_to_target(losses, target: float, *, smooth: int = 1, mode: str = "below") -> int | None:
+    """First index at which the (moving-average ``smooth``) curve is ``<= target`` (``mode="below"``,
+    for losses) or ``>= target`` (``mode="above"``, for accuracies); ``None`` if never."""
     check_int("smooth", smooth)
+    check_choice("mode", mode, ("below", "above"))
     L = _as_array(losses)
     if smooth > 1:
         if len(L) < smooth:
@@ -71,7 +73,7 @@ def steps_to_target(losses, target: float, *, smooth: int = 1) -> int | None:
         offset = smooth - 1
     else:
         offset = 0
-    hits = np.flatnonzero(L <= target)
+    hits = np.flatnonzero(L <= target if mode == "below" else L >= target)
     return int(hits[0] + offset) if hits.size else None
 
 

@@ -114,11 +114,13 @@ def _blocks(n: int, block: int):
         yield start, min(start + block, n)
 
 
-def _rows(checkpoints, start: int, stop: int, device, dtype) -> Tensor:
+def _rows(checkpoints, start: int, stop: int, device, dtype, *, copy: bool = False) -> Tensor:
+    """Columns ``start:stop`` of the checkpoints as a tensor; ``copy=True`` guarantees fresh memory
+    (never a view of the caller's tensor or of the memmap), for in-place work."""
     part = checkpoints[:, start:stop]
     if isinstance(part, np.ndarray):
         part = torch.from_numpy(np.ascontiguousarray(part))
-    return part.to(device=device, dtype=dtype)
+    return part.to(device=device, dtype=dtype, copy=copy)
 
 
 def _auto_block(t: int, device: torch.device) -> int:
@@ -179,7 +181,7 @@ def dldr(checkpoints: Tensor | np.ndarray, d: int, *, origin: Tensor | None = No
     mean = torch.empty(D, device=device, dtype=torch.float64)
     gram = torch.zeros(t, t, device=device, dtype=torch.float64)
     for a, b in _blocks(D, block):
-        W = _rows(checkpoints, a, b, device, torch.float64)
+        W = _rows(checkpoints, a, b, device, torch.float64, copy=True)  # centred in place below
         mean[a:b] = W.mean(0)
         W -= mean[a:b]
         gram.addmm_(W, W.T)
@@ -215,7 +217,9 @@ def random_subspace(ambient_dim: int, d: int, *, origin: Tensor | None = None, s
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(ambient_dim, d, generator=g, dtype=torch.float64))
     basis = q.T.to(device=device, dtype=torch.float32).contiguous()
-    origin = torch.zeros(ambient_dim, device=device) if origin is None else origin.to(device)
+    # The origin takes the basis's device and dtype (as in Subspace.with_origin), so that
+    # project() works for a float64 origin too.
+    origin = torch.zeros_like(basis[0]) if origin is None else origin.to(basis)
     return Subspace(origin, basis)
 
 
@@ -294,27 +298,33 @@ class Trajectory:
 
 
 def sample_trajectory(model, transform: Transform, sampler, *, steps: int, every: int,
-                      theta: Tensor | None = None, store: str | Path = "device",
-                      include_initial: bool = True, **train_kwargs):
+                      sample_until: int | None = None, theta: Tensor | None = None,
+                      store: str | Path = "device", include_initial: bool = True, **train_kwargs):
     """Train with ``transform`` and keep a checkpoint every ``every`` steps (DLDR's sampling stage).
 
+    Checkpoints are kept up to step ``sample_until`` (default: the whole run), so one run can both
+    feed DLDR with its first epochs and go on to be the full-length baseline.
+
     Returns ``(history, trajectory)``; ``history`` is :func:`~l2o_lib.training.train_flat`'s,
-    ``trajectory`` holds ``steps // every`` checkpoints (plus the initial point when
+    ``trajectory`` holds ``sample_until // every`` checkpoints (plus the initial point when
     ``include_initial``). Extra keyword arguments go to ``train_flat`` (``eval_data`` …).
     """
     from .training import train_flat
 
     check_int("steps", steps)
     check_int("every", every)
-    if every > steps:
-        raise ValueError(f"every={every} must be <= steps={steps}")
+    sample_until = steps if sample_until is None else check_int("sample_until", sample_until)
+    if sample_until > steps:
+        raise ValueError(f"sample_until={sample_until} must be <= steps={steps}")
+    if every > sample_until:
+        raise ValueError(f"every={every} must be <= sample_until={sample_until} (the sampled steps)")
     theta0 = model.flatten() if theta is None else theta
-    traj = Trajectory(steps // every + int(include_initial), model.dim, store=store, device=theta0.device)
+    traj = Trajectory(sample_until // every + int(include_initial), model.dim, store=store, device=theta0.device)
     if include_initial:
         traj.append(theta0, 0)
 
     def keep(k: int, th: Tensor) -> None:
-        if k % every == 0:
+        if k % every == 0 and k <= sample_until:
             traj.append(th, k)
 
     history = train_flat(model, transform, sampler, steps=steps, theta=theta0, on_step=keep, **train_kwargs)

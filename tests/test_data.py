@@ -350,7 +350,7 @@ def test_registry_names():
 
 
 @pytest.mark.parametrize("kwargs,param", [
-    ({"name": "imagenet"}, "name"),
+    ({"name": "imagenet"}, "dataset"),
     ({"name": "mnist1d", "n_train": -5}, "n_train"),
     ({"name": "mnist1d", "n_test": 0}, "n_test"),
     ({"name": "logistic", "dim": 0}, "dim"),

@@ -38,6 +38,9 @@ def test_steps_to_target_and_speedup():
     assert steps_to_target(L, 2) == 3
     assert steps_to_target(L, 0.1) is None
     assert steps_to_target(torch.tensor(L), 3.0, smooth=2) == 3
+    assert steps_to_target([0.1, 0.5, 0.7, 0.6], 0.6, mode="above") == 2
+    with pytest.raises(ValueError, match="mode"):
+        steps_to_target(L, 1.0, mode="up")
     assert speedup(300, 100) == 3.0
     assert math.isnan(speedup(300, None))
 
