@@ -241,68 +241,17 @@ class _BasicBlockA(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
-    """CIFAR ResNet of He et al. (2016), section 4.2, with option-A shortcuts.
-
-    A 3x3 conv stem, three stages of basic blocks at 16/32/64 channels (the last two start with
-    stride 2), global average pooling and a linear head. Depth is ``6 * n + 2`` for
-    ``num_blocks=(n, n, n)``. Convolutions and the head use Kaiming-normal initialisation as in
-    the akamaster reference.
-
-    Args:
-        input_shape: ``(C, H, W)``.
-        num_classes: number of output logits (>= 2).
-        num_blocks: basic blocks per stage.
-        widths: channels per stage.
-    """
-
-    def __init__(
-        self,
-        input_shape: Sequence[int],
-        num_classes: int,
-        num_blocks: Sequence[int] = (3, 3, 3),
-        widths: Sequence[int] = (16, 32, 64),
-    ) -> None:
-        super().__init__()
-        self.input_shape = _check_input_shape(input_shape, (3,), "CifarResNet")
-        self.num_classes = _check_num_classes(num_classes)
-        num_blocks = _check_int_tuple("num_blocks", num_blocks)
-        widths = _check_int_tuple("widths", widths)
-        if len(num_blocks) != len(widths):
-            raise ValueError(f"num_blocks and widths must have the same length, got {num_blocks} and {widths}")
-        self.conv1 = nn.Conv2d(self.input_shape[0], widths[0], 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        in_planes = widths[0]
-        stages = []
-        for i, (n, planes) in enumerate(zip(num_blocks, widths)):
-            blocks = []
-            for j in range(n):
-                blocks.append(_BasicBlockA(in_planes, planes, 2 if (i > 0 and j == 0) else 1))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layers = nn.Sequential(*stages)
-        self.linear = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(batch, num_classes)`` for a batch ``(batch, C, H, W)``."""
-        out = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
-
-
-def resnet20(input_shape: Sequence[int], num_classes: int) -> CifarResNet:
-    """ResNet-20 for CIFAR (269,722 parameters for 3x32x32 inputs and 10 classes)."""
-    return CifarResNet(input_shape, num_classes, num_blocks=(3, 3, 3))
-
-
-def resnet32(input_shape: Sequence[int], num_classes: int) -> CifarResNet:
-    """ResNet-32 for CIFAR (464,154 parameters for 3x32x32 inputs and 10 classes)."""
-    return CifarResNet(input_shape, num_classes, num_blocks=(5, 5, 5))
-
-
-# --------------------------------------------------------------------------- CIFAR ResNets (kuangliu)
+def _stages(block: type[nn.Module], in_planes: int, num_blocks: Sequence[int], widths: Sequence[int]) -> nn.Sequential:
+    """ResNet stages: ``num_blocks[i]`` blocks of width ``widths[i]``; every stage after the first
+    halves the resolution in its first block."""
+    stages = []
+    for i, (n, planes) in enumerate(zip(num_blocks, widths)):
+        blocks = []
+        for j in range(n):
+            blocks.append(block(in_planes, planes, 2 if (i > 0 and j == 0) else 1))
+            in_planes = planes
+        stages.append(nn.Sequential(*blocks))
+    return nn.Sequential(*stages)
 
 
 class _BasicBlockB(nn.Module):
@@ -345,9 +294,11 @@ class ResNet(nn.Module):
         num_classes: int,
         num_blocks: Sequence[int] = (2, 2, 2, 2),
         widths: Sequence[int] = (64, 128, 256, 512),
+        *,
+        block: type[nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        self.input_shape = _check_input_shape(input_shape, (3,), "ResNet")
+        self.input_shape = _check_input_shape(input_shape, (3,), type(self).__name__)
         self.num_classes = _check_num_classes(num_classes)
         num_blocks = _check_int_tuple("num_blocks", num_blocks)
         widths = _check_int_tuple("widths", widths)
@@ -355,21 +306,54 @@ class ResNet(nn.Module):
             raise ValueError(f"num_blocks and widths must have the same length, got {num_blocks} and {widths}")
         self.conv1 = nn.Conv2d(self.input_shape[0], widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        in_planes = widths[0]
-        stages = []
-        for i, (n, planes) in enumerate(zip(num_blocks, widths)):
-            blocks = []
-            for j in range(n):
-                blocks.append(_BasicBlockB(in_planes, planes, 2 if (i > 0 and j == 0) else 1))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layers = nn.Sequential(*stages)
-        self.linear = nn.Linear(in_planes, num_classes)
+        self.layers = _stages(block or _BasicBlockB, widths[0], num_blocks, widths)
+        self.linear = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(batch, num_classes)`` for a batch ``(batch, C, H, W)``."""
         out = self.layers(F.relu(self.bn1(self.conv1(x))))
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class CifarResNet(ResNet):
+    """CIFAR ResNet of He et al. (2016), section 4.2, with option-A shortcuts.
+
+    A 3x3 conv stem, three stages of basic blocks at 16/32/64 channels (the last two start with
+    stride 2), global average pooling and a linear head. Depth is ``6 * n + 2`` for
+    ``num_blocks=(n, n, n)``. Convolutions and the head use Kaiming-normal initialisation as in
+    the akamaster reference.
+
+    Args:
+        input_shape: ``(C, H, W)``.
+        num_classes: number of output logits (>= 2).
+        num_blocks: basic blocks per stage.
+        widths: channels per stage.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        num_blocks: Sequence[int] = (3, 3, 3),
+        widths: Sequence[int] = (16, 32, 64),
+    ) -> None:
+        super().__init__(input_shape, num_classes, num_blocks, widths, block=_BasicBlockA)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+
+def resnet20(input_shape: Sequence[int], num_classes: int) -> CifarResNet:
+    """ResNet-20 for CIFAR (269,722 parameters for 3x32x32 inputs and 10 classes)."""
+    return CifarResNet(input_shape, num_classes, num_blocks=(3, 3, 3))
+
+
+def resnet32(input_shape: Sequence[int], num_classes: int) -> CifarResNet:
+    """ResNet-32 for CIFAR (464,154 parameters for 3x32x32 inputs and 10 classes)."""
+    return CifarResNet(input_shape, num_classes, num_blocks=(5, 5, 5))
+
+
+# --------------------------------------------------------------------------- CIFAR ResNets (kuangliu)
 
 
 def resnet18(input_shape: Sequence[int], num_classes: int) -> ResNet:
@@ -538,17 +522,8 @@ class ViTTiny(nn.Module):
         return self.head(self.norm(self.blocks(tokens))[:, 0])
 
 
-def vit_tiny(
-    input_shape: Sequence[int],
-    num_classes: int,
-    patch: int = 4,
-    dim: int = 64,
-    depth: int = 4,
-    heads: int = 4,
-    mlp_ratio: float = 2,
-) -> ViTTiny:
-    """:class:`ViTTiny` (142,026 parameters for 3x32x32 inputs, 10 classes and the defaults)."""
-    return ViTTiny(input_shape, num_classes, patch=patch, dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio)
+#: :class:`ViTTiny` (142,026 parameters for 3x32x32 inputs, 10 classes and the defaults).
+vit_tiny = ViTTiny
 
 
 # --------------------------------------------------------------------------- registry

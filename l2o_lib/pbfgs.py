@@ -58,7 +58,6 @@ method as a ``torch.optim.Optimizer`` driven by a closure, like ``torch.optim.LB
 
 from __future__ import annotations
 
-import time
 from typing import Callable, NamedTuple
 
 import torch
@@ -68,7 +67,7 @@ from torch.func import functional_call, vmap
 from .config import check_int, check_nonnegative, check_probability
 from .functional import Batch, FlatModel
 from .subspace import Subspace
-from .training import History, Sampler, _finish, progress
+from .training import History, Sampler, run_loop
 
 __all__ = ["PBFGSState", "LineSearchTransform", "pbfgs", "bfgs_update", "line_search_step",
            "batched_train_loss", "train_pbfgs", "PBFGS"]
@@ -349,34 +348,24 @@ def train_pbfgs(model: FlatModel, method: LineSearchTransform, sampler: Sampler,
     model.check_theta(theta)
     buffers = model.init_buffers() if buffers is None else buffers
     scratch = {n: b.clone() for n, b in buffers.items()}
-    state = method.init(theta)
-    losses = torch.empty(steps, device=theta.device)
-    evals: list[tuple[int, dict]] = []
+    box = {"state": method.init(theta)}
     alphas: list[float] = []
     counts: list[int] = []
-    skipped = failed = 0
+    tally = {"skipped": 0, "failed": 0}
 
-    def evaluate(step: int) -> None:
-        if eval_data is not None:
-            evals.append((step, model.evaluate(theta, *eval_data, buffers)))
-
-    start = time.perf_counter()
-    evaluate(0)
-    for step in progress(range(steps), desc=desc):
-        theta, state, loss, info = line_search_step(model, method, theta, state, step, sampler.sample(),
-                                                    buffers, scratch)
-        losses[step] = loss
+    def step_fn(theta: Tensor, step: int, batch: Batch) -> tuple[Tensor, Tensor]:
+        theta, box["state"], loss, info = line_search_step(model, method, theta, box["state"], step, batch,
+                                                           buffers, scratch)
         alphas.append(info["alpha"])
         counts.append(info["evals"])
-        skipped += info["skipped"]
-        failed += not info["accepted"]
-        if on_step is not None:
-            on_step(step + 1, theta)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            evaluate(step + 1)
-    history = _finish(losses, evals, time.perf_counter() - start, theta)
-    history.extra.update(alphas=alphas, line_search_evals=counts, skipped_updates=skipped,
-                         failed_line_searches=failed)
+        tally["skipped"] += info["skipped"]
+        tally["failed"] += not info["accepted"]
+        return theta, loss
+
+    history = run_loop(model, step_fn, sampler, steps=steps, theta=theta, buffers=buffers, eval_data=eval_data,
+                       eval_every=eval_every, desc=desc, on_step=on_step)
+    history.extra.update(alphas=alphas, line_search_evals=counts, skipped_updates=tally["skipped"],
+                         failed_line_searches=tally["failed"])
     return history
 
 

@@ -20,10 +20,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import check_int, headless
-from .functional import FlatModel
+from .functional import Batch, FlatModel
 from .optim.base import Transform
 
-__all__ = ["History", "train_flat", "train_module", "progress", "mean_curve"]
+__all__ = ["History", "run_loop", "train_flat", "train_module", "progress", "mean_curve"]
+
+
 
 
 class Sampler(Protocol):
@@ -74,6 +76,37 @@ def _finish(losses: Tensor, evals: list[tuple[int, dict]], seconds: float, theta
     return History(losses.cpu().numpy(), steps, stacked[:, 0], stacked[:, 1], seconds, theta)
 
 
+def run_loop(model: FlatModel, step_fn: Callable[[Tensor, int, Batch], tuple[Tensor, Tensor]],
+             sampler: Sampler, *, steps: int, theta: Tensor, buffers: dict[str, Tensor],
+             eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
+             desc: str | None = None, on_step: Callable[[int, Tensor], None] | None = None) -> History:
+    """The loop shared by every flat-parameter trainer.
+
+    ``step_fn(theta, k, batch) -> (new_theta, loss)`` performs update ``k`` (0-based) and keeps
+    its own optimizer state; the loop draws batches, logs losses on the device, evaluates
+    ``eval_data`` at step 0, every ``eval_every`` steps and at the end, and calls
+    ``on_step(k + 1, theta)`` after each update.
+    """
+    check_int("steps", steps)
+    check_int("eval_every", eval_every)
+    losses = torch.empty(steps, device=theta.device)
+    evals: list[tuple[int, dict]] = []
+
+    def evaluate(step: int) -> None:
+        if eval_data is not None:
+            evals.append((step, model.evaluate(theta, *eval_data, buffers)))
+
+    start = time.perf_counter()
+    evaluate(0)
+    for step in progress(range(steps), desc=desc):
+        theta, losses[step] = step_fn(theta, step, sampler.sample())
+        if on_step is not None:
+            on_step(step + 1, theta)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            evaluate(step + 1)
+    return _finish(losses, evals, time.perf_counter() - start, theta)
+
+
 def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, steps: int,
                theta: Tensor | None = None, buffers: dict[str, Tensor] | None = None,
                eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
@@ -91,31 +124,18 @@ def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, step
         on_step: ``on_step(k, theta)`` after the ``k``-th update (``k = 1 … steps``), e.g. to
             store checkpoints for DLDR.
     """
-    check_int("steps", steps)
-    check_int("eval_every", eval_every)
     theta = model.flatten() if theta is None else theta.detach().clone()
     model.check_theta(theta)
     buffers = model.init_buffers() if buffers is None else buffers
-    state = transform.init(theta)
-    losses = torch.empty(steps, device=theta.device)
-    evals: list[tuple[int, dict]] = []
+    box = {"state": transform.init(theta)}
 
-    def evaluate(step: int) -> None:
-        if eval_data is not None:
-            evals.append((step, model.evaluate(theta, *eval_data, buffers)))
+    def step_fn(theta: Tensor, step: int, batch: Batch) -> tuple[Tensor, Tensor]:
+        loss, grad = model.loss_and_grad(theta, batch, buffers)
+        delta, box["state"] = transform.update(grad, box["state"], theta, step)
+        return theta + delta, loss
 
-    start = time.perf_counter()
-    evaluate(0)
-    for step in progress(range(steps), desc=desc):
-        loss, grad = model.loss_and_grad(theta, sampler.sample(), buffers)
-        delta, state = transform.update(grad, state, theta, step)
-        theta = theta + delta
-        losses[step] = loss
-        if on_step is not None:
-            on_step(step + 1, theta)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            evaluate(step + 1)
-    return _finish(losses, evals, time.perf_counter() - start, theta)
+    return run_loop(model, step_fn, sampler, steps=steps, theta=theta, buffers=buffers, eval_data=eval_data,
+                    eval_every=eval_every, desc=desc, on_step=on_step)
 
 
 def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler, *, steps: int,
