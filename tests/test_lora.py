@@ -8,7 +8,7 @@ from l2o_lib.data import ArrayData, BatchSampler
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
 from l2o_lib.optim import Transform, adamw, sgd
-from l2o_lib.subspace import LoRASpace, LoRAState, lora_dagger, lora_space
+from l2o_lib.lora import LoRASpace, LoRAState, lora_dagger, lora_space
 from l2o_lib.training import train_flat
 
 F64 = torch.float64
