@@ -9,9 +9,10 @@ projections of the tiny ViT (r = 16, targets ``q`` and ``v``).
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import NamedTuple
 
-import math
 import torch
 from torch import Tensor
 
@@ -183,7 +184,7 @@ def lora_space(model, *, rank: int = 16, targets: str | tuple[str, ...] | list[s
         raise ValueError(f"targets must be a non-empty sequence of module names, got {targets!r}")
     if alpha is None:
         alpha = float(rank)
-    elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha) or alpha <= 0:
+    elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a finite number > 0 or None, got {alpha!r}")
     if origin is None:
         origin = model.flatten()
@@ -191,7 +192,7 @@ def lora_space(model, *, rank: int = 16, targets: str | tuple[str, ...] | list[s
         shape = tuple(origin.shape) if isinstance(origin, Tensor) else type(origin).__name__
         raise ValueError(f"origin must be a tensor of shape ({model.dim},), got {shape}")
     # Offsets of every parameter in theta; "." prefix so that a top-level "q.weight" matches too.
-    starts = np.cumsum([0] + list(model.numels[:-1])).tolist()
+    starts = [0, *itertools.accumulate(model.numels[:-1])]
     linear = [(n, s, tuple(shape)) for n, s, shape in zip(model.names, starts, model.shapes)
               if len(shape) == 2 and n.endswith(".weight")]
     chosen, unmatched = [], []
