@@ -347,19 +347,11 @@ def auto_chunk_size(model: FlatModel, theta: Tensor, x: Tensor, *, batch_size: i
 def _evaluate_points(model: FlatModel, make: Callable[[int, int], Tensor], count: int, x: Tensor, y: Tensor,
                      *, chunk_size: int, batch_size: int, buffers) -> dict[str, Tensor]:
     """Loss and accuracy of ``count`` points, built ``chunk_size`` at a time by ``make(lo, hi)``;
-    each chunk is one ``batched_evaluate`` call (no vmap chunking inside it), a chunk of a single
-    point one ``evaluate`` call."""
+    each chunk is one ``batched_evaluate`` call (no vmap chunking inside it)."""
     loss, acc = [], []
     for lo in range(0, count, chunk_size):
         hi = min(lo + chunk_size, count)
-        thetas = make(lo, hi)
-        if hi - lo == 1:
-            # A chunk of one point gains nothing from vmap, whose batched-weight convolutions
-            # cost ~15-20% more than the plain ones (ResNet-20 on the CPU, measured); same
-            # eval-mode semantics.
-            res = {k: v[None] for k, v in model.evaluate(thetas[0], x, y, buffers, batch_size=batch_size).items()}
-        else:
-            res = model.batched_evaluate(thetas, x, y, buffers, batch_size=batch_size)
+        res = model.batched_evaluate(make(lo, hi), x, y, buffers, batch_size=batch_size)
         loss.append(res["loss"])
         acc.append(res["accuracy"])
     return {"loss": torch.cat(loss), "accuracy": torch.cat(acc)}

@@ -101,3 +101,11 @@ def test_batched_evaluate_equals_loop(batch):
         one = fm.evaluate(theta, *batch, batch_size=7)
         assert many["loss"][k].item() == pytest.approx(one["loss"].item(), rel=1e-5)
         assert many["accuracy"][k].item() == pytest.approx(one["accuracy"].item())
+
+
+def test_batched_evaluate_of_one_row_equals_evaluate(batch):
+    fm = FlatModel(small_cnn())
+    theta = fm.flatten()
+    one = fm.batched_evaluate(theta[None], *batch)
+    ref = fm.evaluate(theta, *batch)
+    assert one["loss"].shape == (1,) and one["loss"][0].item() == pytest.approx(ref["loss"].item())
