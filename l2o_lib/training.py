@@ -26,8 +26,6 @@ from .optim.base import Transform
 __all__ = ["History", "run_loop", "train_flat", "train_module", "progress", "mean_curve"]
 
 
-
-
 class Sampler(Protocol):
     def sample(self) -> tuple[Tensor, Tensor]: ...
 
