@@ -61,6 +61,7 @@ __all__ = [
     "plane_through",
     "interpolate",
     "grid",
+    "grid_values_at",
     "project",
     "auto_chunk_size",
 ]
@@ -479,6 +480,60 @@ def grid(model: FlatModel, plane: Plane, x: Tensor, y: Tensor, *,
                            chunk_size=chunk_size, batch_size=batch_size, buffers=buffers)
     return LandscapeGrid(alphas, betas, res["loss"].reshape(ra, rb).cpu().numpy(),
                          res["accuracy"].reshape(ra, rb).cpu().numpy())
+
+
+def grid_values_at(landscape: LandscapeGrid, coords: Any, *, field: str = "loss") -> np.ndarray:
+    """Bilinear interpolation of ``landscape.<field>`` at plane coordinates ``(α, β)``.
+
+    For ``α`` in ``[alphas[i], alphas[i+1]]`` and ``β`` in ``[betas[j], betas[j+1]]``, with
+    ``s = (α - alphas[i]) / (alphas[i+1] - alphas[i])`` and ``t`` likewise along ``β``::
+
+        f(α, β) = (1-s)(1-t) F[i, j] + s(1-t) F[i+1, j] + (1-s)t F[i, j+1] + st F[i+1, j+1]
+
+    exact at the lattice points and for any function bilinear in ``(α, β)``. Used to lift a
+    projected trajectory onto a drawn loss surface; it is the grid's value, not the loss at the
+    trajectory's own parameters (which lie off the plane by :attr:`Projection.residual`).
+
+    Args:
+        landscape: a :class:`LandscapeGrid` (strictly increasing ``alphas`` and ``betas``).
+        coords: ``(K, 2)`` array or tensor of ``(α, β)``, or a :class:`Projection`.
+        field: ``"loss"`` or ``"accuracy"``.
+
+    Returns:
+        ``(K,)`` float64 values; ``NaN`` for points outside the grid's span.
+
+    Raises:
+        ValueError: ``field`` unknown, ``coords`` not ``(K, 2)``, or a grid whose axes are not
+            strictly increasing or whose field is not ``(R_α, R_β)``.
+    """
+    if field not in ("loss", "accuracy"):
+        raise ValueError(f"field must be 'loss' or 'accuracy', got {field!r}")
+    alphas = np.asarray(landscape.alphas, dtype=np.float64)
+    betas = np.asarray(landscape.betas, dtype=np.float64)
+    values = np.asarray(getattr(landscape, field), dtype=np.float64)
+    if alphas.ndim != 1 or betas.ndim != 1 or len(alphas) < 2 or len(betas) < 2:
+        raise ValueError(f"landscape axes must be 1-D with >= 2 points, got alphas {alphas.shape}, betas {betas.shape}")
+    if not (np.all(np.diff(alphas) > 0) and np.all(np.diff(betas) > 0)):
+        raise ValueError("landscape alphas and betas must be strictly increasing")
+    if values.shape != (len(alphas), len(betas)):
+        raise ValueError(f"landscape.{field} has shape {values.shape}; expected {(len(alphas), len(betas))}")
+    if isinstance(coords, Projection):
+        coords = coords.coords
+    if isinstance(coords, Tensor):
+        coords = coords.detach().cpu().numpy()
+    pts = np.asarray(coords, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"coords must have shape (K, 2), got {pts.shape}")
+    a, b = pts[:, 0], pts[:, 1]
+    # Cell index clipped to the last cell, so the upper edge itself interpolates (s = 1).
+    i = np.clip(np.searchsorted(alphas, a, side="right") - 1, 0, len(alphas) - 2)
+    j = np.clip(np.searchsorted(betas, b, side="right") - 1, 0, len(betas) - 2)
+    s = (a - alphas[i]) / (alphas[i + 1] - alphas[i])
+    t = (b - betas[j]) / (betas[j + 1] - betas[j])
+    out = ((1 - s) * (1 - t) * values[i, j] + s * (1 - t) * values[i + 1, j]
+           + (1 - s) * t * values[i, j + 1] + s * t * values[i + 1, j + 1])
+    inside = (a >= alphas[0]) & (a <= alphas[-1]) & (b >= betas[0]) & (b <= betas[-1])
+    return np.where(inside, out, np.nan)
 
 
 # -------------------------------------------------------------------------------- projection

@@ -10,7 +10,7 @@ from l2o_lib import landscape as L
 from l2o_lib.data import ArrayData
 from l2o_lib.functional import FlatModel
 from l2o_lib.landscape import (LandscapeGrid, Plane, auto_chunk_size, filter_normalized_direction, grid,
-                               interpolate, pca_plane, plane_through, project, random_plane)
+                               grid_values_at, interpolate, pca_plane, plane_through, project, random_plane)
 from l2o_lib.models import build_model
 from l2o_lib.subspace import Trajectory
 
@@ -282,6 +282,28 @@ def test_interpolate_endpoints_and_midpoint(model, data):
     np.testing.assert_allclose(ext.alphas, np.linspace(-0.5, 1.5, 9))
     assert ext.alphas[2] == 0.0 and ext.alphas[6] == 1.0
     assert abs(ext.loss[2] - res.loss[0]) < 1e-5 and abs(ext.loss[6] - res.loss[-1]) < 1e-5
+
+
+# ------------------------------------------------------------------- values at trajectory points
+def test_grid_values_at_is_exact_for_bilinear_functions_and_nan_outside():
+    alphas, betas = np.linspace(-1, 1, 5), np.array([-2.0, -0.5, 0.0, 1.0])   # uneven beta spacing
+    f = lambda a, b: 1.0 + 2.0 * a - 3.0 * b + 0.5 * a * b                       # bilinear: exact
+    A, B = np.meshgrid(alphas, betas, indexing="ij")
+    g = LandscapeGrid(alphas, betas, f(A, B), np.zeros_like(A))
+    pts = np.array([[0.3, -1.7], [-1.0, -2.0], [1.0, 1.0], [0.0, 0.0], [-0.99, 0.7]])
+    np.testing.assert_allclose(grid_values_at(g, pts), f(pts[:, 0], pts[:, 1]), atol=1e-12)
+    # Lattice points give the stored values; tensors and Projections are accepted.
+    np.testing.assert_array_equal(grid_values_at(g, torch.tensor([[alphas[1], betas[2]]])), [g.loss[1, 2]])
+    proj = L.Projection(torch.tensor([[0.5, 0.5], [1.5, 0.0], [0.0, -2.5]], dtype=F64), torch.zeros(3, dtype=F64))
+    out = grid_values_at(g, proj)
+    assert out[0] == pytest.approx(f(0.5, 0.5)) and np.isnan(out[1]) and np.isnan(out[2])
+    assert grid_values_at(g, pts, field="accuracy").tolist() == [0.0] * 5
+    with pytest.raises(ValueError, match="field"):
+        grid_values_at(g, pts, field="acc")
+    with pytest.raises(ValueError, match="coords"):
+        grid_values_at(g, pts[:, :1])
+    with pytest.raises(ValueError, match="increasing"):
+        grid_values_at(LandscapeGrid(alphas[::-1], betas, g.loss, g.accuracy), pts)
 
 
 # -------------------------------------------------------------------------------- validation

@@ -92,6 +92,183 @@ def test_color_for_is_stable():
     assert plots.color_for("something else").startswith("#")
 
 
+# --------------------------------------------------------------------------- landscapes, schedules, mixing
+
+
+def _grid():
+    from l2o_lib.landscape import LandscapeGrid
+
+    alphas, betas = np.linspace(-1, 1, 9), np.linspace(-2, 2, 7)
+    A, B = np.meshgrid(alphas, betas, indexing="ij")
+    loss = 0.1 + A**2 + 0.5 * B**2
+    loss[0, 0] = np.inf  # a diverged corner
+    return LandscapeGrid(alphas, betas, loss, np.exp(-loss))
+
+
+def _trajectories():
+    from l2o_lib.landscape import Projection
+
+    t = np.linspace(0, 1, 20)[:, None]
+    return {"Momentum": np.hstack([0.8 * (1 - t), 1.5 * (1 - t)]),
+            "SL2O": Projection(torch.tensor(np.hstack([0.5 * (1 - t), -1.0 * (1 - t)]) + 0.1), torch.zeros(20))}
+
+
+def test_landscape_contour_traces_markers_and_origin_shift():
+    g, trajs = _grid(), _trajectories()
+    fig = plots.landscape_contour(g, trajs, title="landscape")
+    contour = fig.data[0]
+    assert isinstance(contour, go.Contour) and len(fig.data) == 1 + 3 * 2 + 2
+    z = np.array(contour.z, dtype=float)
+    assert z.shape == (7, 9)  # "ij" grid drawn transposed: x (alphas) along columns
+    assert z[3, 4] == pytest.approx(np.log10(0.1)) and np.isnan(z[0, 0])  # inf loss: a blank cell
+    np.testing.assert_allclose(np.array(contour.customdata, dtype=float)[6, 8], g.loss[8, 6])
+    line, start, end = fig.data[1:4]
+    assert line.name == "Momentum" and line.line.color == plots.color_for("Momentum")
+    assert (start.marker.symbol, end.marker.symbol) == ("circle", "star")
+    assert (start.x[0], start.y[0]) == (0.8, 1.5) and (end.x[0], end.y[0]) == (0.0, 0.0)
+    assert start.showlegend is False and start.legendgroup == end.legendgroup == "Momentum"
+    assert fig.data[4].name == "SL2O" and fig.data[6].x[0] == pytest.approx(0.1)  # Projection accepted
+    assert [t.name for t in fig.data[-2:]] == ["start", "end"]  # legend key
+    assert "log" in contour.colorbar.title.text and fig.layout.xaxis.title.text == "α (d1)"
+
+    # origin="SL2O": its end goes to (0, 0) and the grid axes move with it.
+    shifted = plots.landscape_contour(g, trajs, origin="SL2O")
+    assert (shifted.data[6].x[0], shifted.data[6].y[0]) == pytest.approx((0.0, 0.0))
+    np.testing.assert_allclose(shifted.data[0].x, g.alphas - 0.1)
+    assert plots.landscape_contour(g, trajs, origin=(0.5, 0.5)).data[3].x[0] == -0.5
+    # Accuracy is linear by default; no trajectories: just the contour.
+    acc = plots.landscape_contour(g, field="accuracy")
+    assert len(acc.data) == 1 and np.nanmax(np.array(acc.data[0].z, dtype=float)) <= 1
+
+
+def test_landscape_surface_lifts_trajectories_onto_the_grid():
+    from l2o_lib.landscape import grid_values_at
+
+    g, trajs = _grid(), _trajectories()
+    fig = plots.landscape_surface(g, trajs, lift=0.0)
+    assert isinstance(fig.data[0], go.Surface) and len(fig.data) == 1 + 3 * 2 + 2
+    assert all(isinstance(t, go.Scatter3d) for t in fig.data[1:])
+    line, start, end = fig.data[1:4]
+    # Heights: the grid's loss, bilinearly interpolated (in loss, then logged), at the coordinates.
+    z = np.asarray(line.z, dtype=float)
+    np.testing.assert_allclose(z, np.log10(grid_values_at(g, trajs["Momentum"])))
+    exact = 0.1 + np.asarray(line.x) ** 2 + 0.5 * np.asarray(line.y) ** 2
+    # Linear interpolation error of a quadratic: h²/8 · f'' = (0.25² · 2 + 0.667² · 1) / 8 ≈ 0.07.
+    np.testing.assert_allclose(10**z, exact, atol=0.075)
+    assert end.z[0] == pytest.approx(np.log10(0.1)) and end.marker.symbol == "diamond"
+    # Given values win over the grid; lift raises the lines; the scene is labelled.
+    coords = trajs["Momentum"]
+    given = plots.landscape_surface(g, {"Momentum": (coords, np.full(20, 10.0))}, lift=0.1)
+    span = np.log10(np.nanmax(g.loss[np.isfinite(g.loss)])) - np.log10(0.1)
+    np.testing.assert_allclose(np.asarray(given.data[1].z, dtype=float), 1.0 + 0.1 * span)
+    assert given.layout.scene.zaxis.title.text.startswith("log")
+    with pytest.raises(ValueError, match="values"):
+        plots.landscape_surface(g, {"Momentum": (coords, np.ones(3))})
+    with pytest.raises(ValueError, match="lift"):
+        plots.landscape_surface(g, trajs, lift=-1)
+
+
+def test_landscape_builders_reject_bad_input():
+    g, trajs = _grid(), _trajectories()
+    for build in (plots.landscape_contour, plots.landscape_surface):
+        with pytest.raises(ValueError, match="field"):
+            build(g, field="acc")
+        with pytest.raises(ValueError, match="trajectory 'x'"):
+            build(g, {"x": np.zeros((5, 3))})
+        with pytest.raises(ValueError, match="origin"):
+            build(g, trajs, origin="Adam")
+        with pytest.raises(ValueError, match="origin"):
+            build(g, trajs, origin=(1, 2, 3))
+        with pytest.raises(ValueError, match="grid"):
+            build(type(g)(g.alphas, g.betas, g.loss.T, g.accuracy))
+        with pytest.raises(ValueError, match="grid"):
+            build({"loss": g.loss})
+        with pytest.raises(ValueError, match="log_scale"):
+            build(type(g)(g.alphas, g.betas, g.loss - 1, g.accuracy), log_scale=True)
+
+
+def test_lr_schedules():
+    steps = np.arange(10)
+    fig = plots.lr_schedules({"MLR-SNet": (steps, 0.1 * 0.5 ** steps), "L3RS": (torch.arange(10), torch.zeros(10))},
+                             title="lr")
+    assert [t.name for t in fig.data] == ["MLR-SNet", "L3RS"] and fig.layout.yaxis.type == "log"
+    assert fig.data[0].line.shape == "hv" and fig.data[0].line.color == plots.color_for("MLR-SNet")
+    assert np.isnan(np.asarray(fig.data[1].y, dtype=float)).all()  # zeros cannot sit on a log axis
+    assert plots.lr_schedules({"a": ([0, 1], [0.0, 1.0])}, log_y=False).data[0].y[0] == 0.0
+    with pytest.raises(ValueError, match="equal length"):
+        plots.lr_schedules({"a": ([0, 1, 2], [1.0, 2.0])})
+    with pytest.raises(ValueError, match="pair"):
+        plots.lr_schedules({"a": ([0, 1], [1.0, 2.0], [0.1, 0.1])})
+    with pytest.raises(ValueError, match="non-empty"):
+        plots.lr_schedules({})
+
+
+def _mu(T=6, L=3, P=2, seed=0):
+    m = np.random.default_rng(seed).random((T, L, P))
+    return m / m.sum(-1, keepdims=True)
+
+
+def test_mixing_areas_panels_stacks_and_layer_selection():
+    mu = _mu(L=3, P=2)
+    fig = plots.mixing_areas(np.arange(6), mu, base_names=["SGD", "Adam"], layer_names=["conv", "bn", "fc"])
+    assert len(fig.data) == 3 * 2 and all(isinstance(t, go.Scatter) for t in fig.data)
+    assert [t.stackgroup for t in fig.data] == ["layer0", "layer0", "layer1", "layer1", "layer2", "layer2"]
+    assert [t.showlegend for t in fig.data] == [True, True, False, False, False, False]
+    np.testing.assert_allclose(fig.data[3].y, mu[:, 1, 1])
+    assert fig.data[1].line.color == plots.color_for("Adam")
+    assert [a.text for a in fig.layout.annotations] == ["conv", "bn", "fc"]
+    assert tuple(fig.layout.yaxis.range) == (0, 1)
+
+    # Many layers: max_layers evenly spaced ones (first and last kept), said in the title.
+    big = plots.mixing_areas(np.arange(6), _mu(L=30, P=3), base_names=["SGD", "Adam", "Momentum"],
+                             max_layers=5, title="mix")
+    titles = [a.text for a in big.layout.annotations]
+    assert len(big.data) == 5 * 3 and titles[0] == "layer 0" and titles[-1] == "layer 29"
+    assert "5 of 30 layers" in big.layout.title.text
+    chosen = plots.mixing_areas(np.arange(6), mu, base_names=["SGD", "Adam"], layer_names=["a", "b", "c"],
+                                layers=["c", 0])
+    assert [a.text for a in chosen.layout.annotations] == ["c", "a"] and len(chosen.data) == 4
+
+
+def test_mixing_areas_and_layer_bars_reject_bad_input():
+    mu = _mu()
+    with pytest.raises(ValueError, match="mu"):
+        plots.mixing_areas(np.arange(6), mu[:, :, 0], base_names=["SGD"])
+    with pytest.raises(ValueError, match="sum to 1"):
+        plots.mixing_areas(np.arange(6), 2 * mu, base_names=["SGD", "Adam"])
+    with pytest.raises(ValueError, match="steps"):
+        plots.mixing_areas(np.arange(5), mu, base_names=["SGD", "Adam"])
+    with pytest.raises(ValueError, match="base_names"):
+        plots.mixing_areas(np.arange(6), mu, base_names=["SGD"])
+    with pytest.raises(ValueError, match="layer_names"):
+        plots.mixing_areas(np.arange(6), mu, base_names=["SGD", "Adam"], layer_names=["a"])
+    with pytest.raises(ValueError, match="layers"):
+        plots.mixing_areas(np.arange(6), mu, base_names=["SGD", "Adam"], layers=["nope"])
+    with pytest.raises(ValueError, match="layers"):
+        plots.mixing_areas(np.arange(6), mu, base_names=["SGD", "Adam"], layers=[3])
+
+    bars = plots.layer_bars(torch.tensor([0.1, 0.5, 0.9]), ["conv1", "conv2", "fc"], title="λ")
+    assert len(bars.data) == 1 and list(bars.data[0].x) == ["conv1", "conv2", "fc"]
+    assert bars.layout.yaxis.title.text == "λ"
+    grouped = plots.layer_bars({"seed 0": [1, 2], "seed 1": [2, 1]}, ["a", "b"])
+    assert [t.name for t in grouped.data] == ["seed 0", "seed 1"] and grouped.layout.barmode == "group"
+    with pytest.raises(ValueError, match="values"):
+        plots.layer_bars([1.0, 2.0], ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"values\['x'\]"):
+        plots.layer_bars({"x": [1.0]}, ["a", "b"])
+    with pytest.raises(ValueError, match="layer_names"):
+        plots.layer_bars([1.0], [])
+
+
+def test_save_landscape_figure(tmp_path):
+    fig = plots.landscape_contour(_grid(), _trajectories(), title="saved")
+    paths = plots.save(fig, "landscape", directory=tmp_path, png=_browser_present())
+    assert paths["html"].exists()
+    assert '"type":"contour"' in paths["html"].read_text(encoding="utf-8").replace(" ", "")
+    if "png" in paths:
+        assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # --------------------------------------------------------------------------- save
 
 
