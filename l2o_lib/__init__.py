@@ -19,6 +19,13 @@ Modules:
 ``plots``          plotly figure builders and ``save`` (HTML + PNG)
 ``runner``/``cli`` papermill notebook runner and the ``l2o`` command
 ``benchmark``      timing helpers behind ``l2o bench``
+``subspace``       DLDR / random subspaces, ``dagger`` (any optimizer on coordinates); ``lora``
+``pbfgs``          P-BFGS / P+-BFGS in a subspace, with an Armijo line search
+``sl2o``           SL2O: coordinate-wise LSTM optimizer, truncated-BPTT meta-training
+``mlrsnet``        MLR-SNet LR-schedule LSTM, meta-train/test, HD baseline
+``meta``           divergence guard and meta-checkpoints shared by the meta-trainers
+``population``     many runs of one architecture as one vmapped program (seeds x grids)
+``landscape``      loss-landscape planes, batched grids, trajectory projection
 =================  ===========================================================================
 """
 

@@ -244,6 +244,8 @@ class Run:
         resume: when the directory already exists, ``True`` reopens it (metrics are reloaded and
             checkpoints stay available) provided the params match, and raises ``ValueError``
             if they differ; ``params=None`` reopens whatever params are stored (for analysis).
+            ``"auto"`` reopens a run with the same params and starts over when they differ (what
+            a notebook wants: re-running it resumes, changing a setting recomputes).
             ``False`` deletes the existing run and starts fresh; a non-empty directory that
             has no ``params.json`` is refused rather than deleted.
 
@@ -259,13 +261,13 @@ class Run:
         name: str,
         root: str | os.PathLike = "runs",
         params: dict | None = None,
-        resume: bool = True,
+        resume: bool | str = True,
     ) -> None:
         self.name = check_name("name", name)
         if params is not None and not isinstance(params, dict) and not dataclasses.is_dataclass(params):
             raise ValueError(f"params must be a dict (or a dataclass) or None, got {type(params).__name__}")
-        if not isinstance(resume, bool):
-            raise ValueError(f"resume must be True or False, got {resume!r}")
+        if not isinstance(resume, bool) and resume != "auto":
+            raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
         self.path = Path(root) / name
         self._params_file = self.path / "params.json"
         self._metrics_file = self.path / "metrics.jsonl"
@@ -274,6 +276,9 @@ class Run:
         self._metrics: list[dict] = []
         new_params = to_jsonable(params) if params is not None else None
 
+        if resume == "auto":
+            resume = not (new_params is not None and self._params_file.exists()
+                          and json.loads(self._params_file.read_text(encoding="utf-8")).get("params") != new_params)
         if self.path.exists() and not resume:
             self._clear()
         existing = self._params_file.exists()

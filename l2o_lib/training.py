@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ from .config import check_int, headless
 from .functional import Batch, FlatModel
 from .optim.base import Transform
 
-__all__ = ["History", "run_loop", "train_flat", "train_module", "progress", "mean_curve"]
+__all__ = ["History", "run_loop", "train_flat", "train_module", "progress", "mean_curve", "train_seeds", "tune_lr",
+           "mean_train_loss"]
 
 
 class Sampler(Protocol):
@@ -180,3 +181,41 @@ def mean_curve(histories: list[History], field: str = "train_loss") -> dict[str,
     ys = np.stack([getattr(h, field) for h in histories])
     x = np.arange(1, ys.shape[1] + 1) if field == "train_loss" else histories[0].eval_steps
     return {"x": x, "y": ys.mean(0), "y_std": ys.std(0)}
+
+
+def train_seeds(model: FlatModel, transforms: Mapping[str, Callable[[], Transform]],
+                make_sampler: Callable[[int], Sampler], *, seeds: Sequence[int], steps: int, theta: Tensor,
+                **train_kwargs) -> dict[str, list[History]]:
+    """Train every optimizer of ``transforms`` (name → factory) once per seed, from ``theta``.
+
+    Seed ``s`` fixes the batch order (``make_sampler(s)``), the same for every optimizer, so the
+    runs differ only by their rule. Extra keyword arguments go to :func:`train_flat`.
+    """
+    if not transforms:
+        raise ValueError("transforms must name at least one optimizer")
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    return {name: [train_flat(model, make(), make_sampler(seed), steps=steps, theta=theta, desc=f"{name} seed {seed}",
+                              **train_kwargs) for seed in seeds]
+            for name, make in transforms.items()}
+
+
+def mean_train_loss(history: History) -> float:
+    """The mean training loss over a run: low when a run converges fast *and* ends low (the
+    quantity a learned optimizer is meta-trained on); ``inf`` for a run that diverged."""
+    loss = float(np.mean(history.train_loss))
+    return loss if np.isfinite(loss) else float("inf")
+
+
+def tune_lr(model: FlatModel, factory: Callable[[float], Transform], lrs: Sequence[float],
+            make_sampler: Callable[[int], Sampler], *, steps: int, theta: Tensor, seed: int = 0,
+            score: Callable[[History], float] = mean_train_loss, **train_kwargs) -> tuple[float, dict[float, float]]:
+    """A small grid search: ``(best_lr, {lr: score})`` with the lowest ``score`` of one run per LR.
+
+    ``factory(lr)`` builds the optimizer; the runs share ``seed``'s batch order.
+    """
+    if not lrs:
+        raise ValueError("lrs must not be empty")
+    scores = {float(lr): score(train_flat(model, factory(lr), make_sampler(seed), steps=steps, theta=theta,
+                                          desc=f"lr {lr:g}", **train_kwargs)) for lr in lrs}
+    return min(scores, key=scores.get), scores

@@ -174,6 +174,17 @@ def test_resume_false_starts_fresh(tmp_path):
     assert fresh.metrics == [] and fresh.latest_checkpoint() is None and fresh.params == {"lr": 0.2}
 
 
+def test_resume_auto_reopens_same_params_and_restarts_on_a_change(tmp_path):
+    run = Run("auto", root=tmp_path, params={"lr": 0.1}, resume="auto")
+    run.save_checkpoint({"a": torch.zeros(1)}, 1)
+    same = Run("auto", root=tmp_path, params={"lr": 0.1}, resume="auto")
+    assert same.resumed and same.checkpoint_steps == [1]
+    changed = Run("auto", root=tmp_path, params={"lr": 0.2}, resume="auto")
+    assert not changed.resumed and changed.latest_checkpoint() is None and changed.params == {"lr": 0.2}
+    with pytest.raises(ValueError, match="resume"):
+        Run("auto", root=tmp_path, params={"lr": 0.2}, resume="yes")
+
+
 def test_resume_false_refuses_to_delete_a_foreign_directory(tmp_path):
     (tmp_path / "notarun").mkdir()
     (tmp_path / "notarun" / "precious.txt").write_text("keep me")

@@ -50,7 +50,7 @@ class FlatOptimizer(torch.optim.Optimizer):
         defaults.update(hparams)
         self._factory(**defaults)  # validate before any step
         self._hparam_names = tuple(defaults)  # torch may add keys of its own to self.defaults
-        self._state_types: dict[int, type] = {}
+        self._templates: dict[int, Any] = {}  # an initial state per group: the layout of its flat dict
         super().__init__(params, defaults)
 
     def _transform(self, group: dict, params: list[Tensor]) -> Transform:
@@ -76,14 +76,28 @@ class FlatOptimizer(torch.optim.Optimizer):
                               for p in params])
             slot = self.state[params[0]]
             if not slot:
-                init = tx.init(theta)
-                self._state_types[index] = type(init)
-                slot.update(step=0, flat=init._asdict())
-            elif index not in self._state_types:  # after load_state_dict
-                self._state_types[index] = type(tx.init(theta))
-            state = self._state_types[index](**slot["flat"])
+                template = tx.init(theta)
+                self._templates[index] = template
+                slot.update(step=0, flat=_to_dict(template))
+            elif index not in self._templates:  # after load_state_dict
+                self._templates[index] = tx.init(theta)
+            state = _from_dict(self._templates[index], slot["flat"])
             delta, state = tx.update(grad, state, theta, slot["step"])
-            slot["flat"] = state._asdict()
+            slot["flat"] = _to_dict(state)
             slot["step"] += 1
             torch._foreach_add_(params, [d.view_as(p) for d, p in zip(delta.split([p.numel() for p in params]), params)])
         return loss
+
+
+def _to_dict(state: Any) -> Any:
+    """A (nested) NamedTuple state as nested dicts, which ``load_state_dict`` can cast and rebuild."""
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return {k: _to_dict(v) for k, v in state._asdict().items()}
+    return state
+
+
+def _from_dict(template: Any, d: Any) -> Any:
+    """Inverse of :func:`_to_dict`, with the NamedTuple types taken from ``template``."""
+    if isinstance(template, tuple) and hasattr(template, "_fields"):
+        return type(template)(**{k: _from_dict(getattr(template, k), d[k]) for k in template._fields})
+    return d

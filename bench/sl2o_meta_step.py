@@ -1,0 +1,124 @@
+"""One SL2O meta-training inner step (first order, T = 10) on ResNet-20 with CIFAR-shaped data, d = 40.
+
+ours:      :func:`l2o_lib.sl2o.meta_train`'s loop (``_run_task``) on the flat parameters: one
+           ``loss`` + ``autograd.grad`` per step with respect to the 40 coordinates, the LSTM on
+           40 rows, and every T steps a backward pass through the LSTM chain only (the
+           first-order surrogate) and an Adam step. Timed over several unrolls, per inner step.
+reference: what the public SL2O code does per step: a ``DataLoader`` batch, module-level
+           autograd through parameters rebuilt as non-leaf tensors (``p - Pᵀu`` per tensor, with
+           ``retain_grad``), ``loss.backward(retain_graph=True)`` into both the weights and the
+           LSTM, the gradient gathered by a per-tensor Python loop, ``P @ g`` and the same LSTM;
+           ``meta_optimizer.step()`` every T steps. ``reference_shipped_s`` adds the
+           ``torch.autograd.set_detect_anomaly(True)`` the public code leaves on.
+sgd:       a plain ``torch.optim.SGD`` step on the same model and batch size:
+           ``ratio_vs_sgd = ours_s / sgd_s`` (issue 10's target: <= 1.1).
+"""
+
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.utils.data import DataLoader, TensorDataset
+
+from l2o_lib.benchmark import time_per_call
+from l2o_lib.functional import FlatModel
+from l2o_lib.models import build_model
+from l2o_lib.sl2o import LSTMRule, Problem, _run_task, rnnprop
+from l2o_lib.subspace import random_subspace
+
+D_SUB, T = 40, 10
+
+
+def run(*, quick: bool, device: str) -> dict:
+    batch, n, unrolls = (32, 512, 1) if quick else (128, 4096, 3)
+    steps = T * unrolls
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(10, (n,), generator=g).to(device)
+
+    flat = FlatModel(build_model("resnet20", (3, 32, 32), 10, seed=0).to(device))
+    theta0 = flat.flatten()
+    space = random_subspace(flat.dim, D_SUB, origin=theta0, seed=0, device=device)
+    problem = Problem(flat, (x, y), batch, space)
+    rule = LSTMRule().to(device)
+    meta_opt = torch.optim.Adam(rule.parameters(), lr=1e-3)
+    transform = rnnprop(rule, differentiable=True)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def on_unroll(value, objective):
+        meta_opt.zero_grad(set_to_none=True)
+        objective.backward()
+        meta_opt.step()
+        return True
+
+    def ours():
+        _run_task(problem, transform, gen, steps=steps, unroll=T, tasks=1, first_order=True, on_unroll=on_unroll)
+
+    # ---- reference style
+    model = build_model("resnet20", (3, 32, 32), 10, seed=0).to(device).train()
+    names = [k for k, _ in model.named_parameters()]
+    sizes = [p.numel() for _, p in model.named_parameters()]
+    P = space.basis
+    ref_rule = LSTMRule().to(device)
+    ref_opt = torch.optim.Adam(ref_rule.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True)
+
+    def reference(anomaly=False):
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+        m = torch.zeros(D_SUB, 1, device=device)
+        v = torch.zeros(D_SUB, 1, device=device)
+        carry = ref_rule.init_carry(torch.zeros(D_SUB, device=device))
+        it = iter(loader)
+        for i in range(steps):
+            xb, yb = next(it)
+            with torch.autograd.set_detect_anomaly(anomaly):
+                loss = F.cross_entropy(functional_call(model, params, (xb,)), yb)
+                for p in params.values():
+                    p.retain_grad()
+                loss.backward(retain_graph=True)
+                flatg = torch.cat([params[k].grad.data.reshape(-1, 1) for k in names])
+                grad = P @ flatg
+                m.mul_(0.9).add_(0.1 * grad)
+                v.mul_(0.99).add_(0.01 * grad ** 2)
+                mh, vh = m / (1 - 0.9 ** (i + 1)), v / (1 - 0.99 ** (i + 1))
+                feats = torch.cat([mh / (vh.sqrt() + 1e-8), grad / (vh.sqrt() + 1e-8)], 1)
+                upd, carry = ref_rule(grad.view(-1), feats, carry)
+                up = (P.T @ upd.view(-1, 1)).view(-1)
+                offs, new = 0, {}
+                for k, s in zip(names, sizes):
+                    new[k] = params[k] - up[offs:offs + s].view_as(params[k])
+                    offs += s
+                params = new
+            if (i + 1) % T == 0:
+                ref_opt.step()
+                ref_opt.zero_grad()
+                params = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+                carry = carry.detach()
+
+    sgd_model = build_model("resnet20", (3, 32, 32), 10, seed=0).to(device).train()
+    opt = torch.optim.SGD(sgd_model.parameters(), lr=0.1)
+
+    def sgd():
+        for xb, yb in (problem.batches(gen, 1) for _ in range(steps)):
+            opt.zero_grad()
+            F.cross_entropy(sgd_model(xb[0]), yb[0]).backward()
+            opt.step()
+
+    fns = {"ours_s": ours, "reference_s": reference, "sgd_s": sgd}
+    if not quick:
+        fns["reference_shipped_s"] = lambda: reference(anomaly=True)
+    repeat, rounds = (1, 2) if quick else (2, 3)
+    times = {k: [] for k in fns}
+    for fn in fns.values():
+        time_per_call(fn, device=device, warmup=0, repeat=1)
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            times[k].append(time_per_call(fn, device=device, warmup=0, repeat=repeat) / steps)
+    timing = {k: statistics.median(v) for k, v in times.items()}
+    out = {**timing, "ratio_vs_sgd": timing["ours_s"] / timing["sgd_s"],
+           "reference_vs_sgd": timing["reference_s"] / timing["sgd_s"], "batch": batch, "unroll": T, "d": D_SUB,
+           "per": "inner step"}
+    if "reference_shipped_s" in timing:
+        out["reference_shipped_vs_sgd"] = timing["reference_shipped_s"] / timing["sgd_s"]
+    return out

@@ -1,0 +1,53 @@
+"""One SL2O meta-test step vs one Momentum† step on ResNet-20 with CIFAR-shaped data, d = 40.
+
+Both are the body of :func:`l2o_lib.training.train_flat`: ``loss_and_grad`` on the flat
+parameters, the transform's update (SL2O: projection, RNNprop features, the 392-weight LSTM on 40
+rows under ``no_grad``, lift; Momentum†: projection, momentum, lift) and ``theta + delta``.
+``ratio = momentum_s / ours_s``; issue 5's target is ``ours_s <= 1.1 x`` a Momentum† step
+(``ratio >= 0.91``), issue 10's ``<= 1.03 x``. The reference is the Momentum† step, the cheapest
+rule that can run in the same subspace.
+"""
+
+import statistics
+
+import torch
+
+from l2o_lib.benchmark import time_per_call
+from l2o_lib.functional import FlatModel
+from l2o_lib.models import build_model
+from l2o_lib.optim import momentum
+from l2o_lib.sl2o import LSTMRule, sl2o
+from l2o_lib.subspace import dagger, random_subspace
+
+
+def run(*, quick: bool, device: str) -> dict:
+    batch = 32 if quick else 128
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(10, (batch,), generator=g).to(device)
+    flat = FlatModel(build_model("resnet20", (3, 32, 32), 10, seed=0).to(device))
+    theta0 = flat.flatten()
+    buffers = flat.init_buffers()
+    space = random_subspace(flat.dim, 40, origin=theta0, seed=0, device=device)
+
+    def stepper(transform):
+        box = {"theta": theta0.clone(), "state": transform.init(theta0), "k": 0}
+
+        def step():
+            _, grad = flat.loss_and_grad(box["theta"], (x, y), buffers)
+            delta, box["state"] = transform.update(grad, box["state"], box["theta"], box["k"])
+            box["theta"] = box["theta"] + delta
+            box["k"] += 1
+        return step
+
+    ours = stepper(sl2o(LSTMRule().to(device), space))
+    mom = stepper(dagger(momentum(lr=0.1, momentum=0.9), space))
+    repeat, rounds = (3, 3) if quick else (10, 5)
+    times = {"ours_s": [], "reference_s": []}
+    for fn in (ours, mom):
+        time_per_call(fn, device=device, warmup=0, repeat=2)
+    for _ in range(rounds):
+        times["ours_s"].append(time_per_call(ours, device=device, warmup=0, repeat=repeat))
+        times["reference_s"].append(time_per_call(mom, device=device, warmup=0, repeat=repeat))
+    timing = {k: statistics.median(v) for k, v in times.items()}
+    return {**timing, "ours_vs_momentum_dagger": timing["ours_s"] / timing["reference_s"], "batch": batch, "d": 40}

@@ -1,0 +1,94 @@
+"""The divergence guard and meta-checkpoints shared by the meta-trainers."""
+
+import pytest
+import torch
+from torch import nn
+
+from l2o_lib.meta import DivergenceGuard, load_meta_state, meta_state
+
+
+def setup(lr=0.1):
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    return net, opt
+
+
+def good_step(net, opt, guard, step):
+    opt.zero_grad()
+    loss = net(torch.ones(1, 3)).pow(2).sum()
+    loss.backward()
+    return guard.step(step, loss.detach())
+
+
+def test_good_steps_go_through_and_are_committed():
+    net, opt = setup()
+    guard = DivergenceGuard(net, opt)
+    before = [p.clone() for p in net.parameters()]
+    assert good_step(net, opt, guard, 0) and good_step(net, opt, guard, 1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert guard.events == [] and guard.reference is not None
+
+
+@pytest.mark.parametrize("poison, reason", [("loss", "non-finite meta-loss"), ("grad", "non-finite meta-gradient"),
+                                            ("explode", "exploded")])
+def test_bad_steps_roll_back_parameters_and_optimizer_state(poison, reason):
+    net, opt = setup()
+    guard = DivergenceGuard(net, opt, explode=100.0)
+    good_step(net, opt, guard, 0)
+    params = {k: v.clone() for k, v in net.state_dict().items()}
+    exp_avg = opt.state[net.weight]["exp_avg"].clone()
+
+    opt.zero_grad()
+    loss = net(torch.ones(1, 3)).pow(2).sum()
+    loss.backward()
+    if poison == "grad":
+        net.weight.grad[0, 0] = float("inf")
+    value = {"loss": torch.tensor(float("nan")), "grad": loss.detach(), "explode": loss.detach() * 1e6}[poison]
+    # A half-applied bad update (as if something had written into the weights) is undone too.
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    assert not guard.step(1, value)
+    assert reason in guard.events[-1].reason and guard.events[-1].step == 1
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, params[k])
+    assert torch.equal(opt.state[net.weight]["exp_avg"], exp_avg)
+    assert all(p.grad is None for p in net.parameters())
+    assert good_step(net, opt, guard, 2)   # and training goes on
+
+
+def test_patience_raises_a_clear_error():
+    net, opt = setup()
+    guard = DivergenceGuard(net, opt, patience=3)
+    assert not guard.check(0, float("nan"))
+    assert not guard.check(1, float("inf"))
+    with pytest.raises(RuntimeError, match="3 bad meta-steps in a row"):
+        guard.check(2, float("nan"))
+
+
+def test_validation():
+    net, opt = setup()
+    with pytest.raises(ValueError, match="module"):
+        DivergenceGuard(object(), opt)
+    with pytest.raises(ValueError, match="optimizer"):
+        DivergenceGuard(net, object())
+    with pytest.raises(ValueError, match="explode"):
+        DivergenceGuard(net, opt, explode=0)
+    with pytest.raises(ValueError, match="patience"):
+        DivergenceGuard(net, opt, patience=0)
+
+
+def test_meta_state_round_trip(tmp_path):
+    net, opt = setup()
+    guard = DivergenceGuard(net, opt)
+    good_step(net, opt, guard, 0)
+    path = tmp_path / "ckpt.pt"
+    torch.save(meta_state(net, opt, epoch=3), path)
+    net2, opt2 = setup(lr=0.5)
+    extra = load_meta_state(torch.load(path, weights_only=True), net2, opt2)
+    assert extra == {"epoch": 3}
+    for a, b in zip(net.parameters(), net2.parameters()):
+        assert torch.equal(a, b)
+    assert opt2.param_groups[0]["lr"] == 0.1
+    with pytest.raises(ValueError, match="missing"):
+        load_meta_state({"module": {}}, net2)

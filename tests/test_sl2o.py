@@ -1,0 +1,276 @@
+"""SL2O: the LSTM rule, the RNNprop transform, SGD† as a fixed rule, meta-gradients against
+finite differences, the divergence guard in meta-training, save / load, resume and transfer."""
+
+import pytest
+import torch
+from torch import nn
+
+from l2o_lib.data import BatchSampler, load_dataset
+from l2o_lib.functional import FlatModel
+from l2o_lib.models import build_model
+from l2o_lib.optim import sgd
+from l2o_lib.results import Run
+from l2o_lib.sl2o import (SL2O, LSTMRule, Problem, load_trained, meta_gradient, meta_train, rnnprop, save_trained,
+                          sl2o)
+from l2o_lib.subspace import dagger, random_subspace
+from l2o_lib.training import train_flat, train_module
+
+F64 = torch.float64
+
+
+class FixedRule:
+    """A rule that ignores the features and returns ``lr · g``: SL2O with it is SGD."""
+
+    def __init__(self, lr):
+        self.lr = lr
+
+    def init_carry(self, grad):
+        return grad.new_zeros(0)
+
+    def __call__(self, grad, features, carry):
+        return self.lr * grad, carry
+
+
+@pytest.fixture(scope="module")
+def task():
+    data = load_dataset("logistic", n_train=512, n_test=256, dim=10, seed=0)
+    return data
+
+
+def problem(data, *, d=6, hidden=(16,), dtype=torch.float32, seed=0, test=True, batch_size=64):
+    net = build_model("mlp", data.input_shape, data.num_classes, hidden=hidden, seed=seed).to(dtype)
+    model = FlatModel(net)
+    theta0 = model.flatten()
+    space = random_subspace(model.dim, d, origin=theta0, seed=seed).to(dtype=dtype)
+    train = (data.train.x.to(dtype), data.train.y)
+    return Problem(model, train, batch_size, space, test=(data.test.x.to(dtype), data.test.y) if test else None)
+
+
+def test_reference_size_and_validation():
+    rule = LSTMRule()
+    assert sum(p.numel() for p in rule.parameters()) == 392   # LSTMCell(2, 8) + Linear(8, 1, no bias)
+    with pytest.raises(ValueError, match="hidden"):
+        LSTMRule(hidden=0)
+    with pytest.raises(ValueError, match="scale"):
+        LSTMRule(scale=-1.0)
+    with pytest.raises(ValueError, match="betas"):
+        rnnprop(rule, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="rule"):
+        rnnprop(lambda g, f, c: (g, c))
+
+
+def test_rule_steps_are_bounded_by_scale_and_shaped_like_grad():
+    rule = LSTMRule(hidden=4, layers=2, scale=0.3)
+    g = torch.randn(3, 7) * 100
+    tx = rnnprop(rule)
+    state = tx.init(g)
+    assert state.carry.shape == (2, 2, 21, 4)
+    delta, state = tx.update(g, state, torch.zeros_like(g), 0)
+    assert delta.shape == g.shape and delta.abs().max() <= 0.3
+    assert not delta.requires_grad   # meta-test: no graph is built
+
+
+def test_fixed_rule_reproduces_sgd_dagger_exactly(task):
+    p = problem(task)
+    kw = dict(steps=25, theta=p.theta0, eval_data=None)
+    ours = train_flat(p.model, sl2o(FixedRule(0.5), p.space), BatchSampler(task.train, 32, seed=3), **kw)
+    ref = train_flat(p.model, dagger(sgd(lr=0.5), p.space), BatchSampler(task.train, 32, seed=3), **kw)
+    assert torch.equal(ours.theta, ref.theta)
+    assert torch.equal(torch.as_tensor(ours.train_loss), torch.as_tensor(ref.train_loss))
+
+
+def test_rnnprop_features_are_the_bias_corrected_moments():
+    seen = []
+
+    class Spy(FixedRule):
+        def __call__(self, grad, features, carry):
+            seen.append(features.clone())
+            return super().__call__(grad, features, carry)
+
+    tx = rnnprop(Spy(0.1), betas=(0.9, 0.99), eps=1e-8)
+    g1, g2 = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.5])
+    state = tx.init(g1)
+    _, state = tx.update(g1, state, g1, 0)
+    _, state = tx.update(g2, state, g1, 1)
+    m = (0.9 * 0.1 * g1 + 0.1 * g2) / (1 - 0.9 ** 2)
+    v = (0.99 * 0.01 * g1 ** 2 + 0.01 * g2 ** 2) / (1 - 0.99 ** 2)
+    torch.testing.assert_close(seen[1][..., 0], m / torch.sqrt(v + 1e-8))
+    torch.testing.assert_close(seen[1][..., 1], g2 / torch.sqrt(v + 1e-8))
+    torch.testing.assert_close(seen[0][..., 1], g1.sign(), atol=1e-4, rtol=0)   # first step: |g|/√g² = 1
+
+
+def _finite_difference(rule, p, name, index, *, steps, first_order, h=1e-6):
+    param = dict(rule.named_parameters())[name]
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            param.view(-1)[index] += sign * h
+        values.append(meta_gradient(rule, p, steps=steps, first_order=first_order, seed=5)[0])
+        with torch.no_grad():
+            param.view(-1)[index] -= sign * h
+    return (values[0] - values[1]) / (2 * h)
+
+
+@pytest.mark.parametrize("steps, first_order", [(2, False), (1, True)])
+def test_meta_gradient_matches_finite_differences(task, steps, first_order):
+    # Second order is the exact derivative of the unrolled loss; first order is exact too when
+    # no gradient input depends on the weights (one step).
+    p = problem(task, dtype=F64)
+    rule = LSTMRule(hidden=4, scale=0.5).to(F64)
+    _, grads = meta_gradient(rule, p, steps=steps, first_order=first_order, seed=5)
+    for name in ("cells.0.weight_ih", "cells.0.bias_hh", "out.weight"):
+        for index in (0, 3):
+            fd = _finite_difference(rule, p, name, index, steps=steps, first_order=first_order)
+            assert grads[name].view(-1)[index].item() == pytest.approx(fd, rel=1e-4, abs=1e-9), (name, index)
+
+
+def test_first_order_drops_only_the_gradient_path(task):
+    p = problem(task, dtype=F64)
+    rule = LSTMRule(hidden=4, scale=0.5).to(F64)
+    loss1, g1 = meta_gradient(rule, p, steps=3, first_order=True, seed=1)
+    loss2, g2 = meta_gradient(rule, p, steps=3, first_order=False, seed=1)
+    assert loss1 == pytest.approx(loss2, rel=1e-12)   # same unrolled losses
+    diff = sum((g1[n] - g2[n]).norm() for n in g1) / sum(g2[n].norm() for n in g2)
+    assert 0 < diff < 0.5
+
+
+def test_batched_tasks_equal_a_loop_over_tasks(task):
+    p = problem(task)
+    z = torch.randn(3, p.dim) * 0.1
+    batches = p.batches(torch.Generator().manual_seed(0), 3)
+    looped = torch.stack([p.losses(z[i:i + 1], (batches[0][i:i + 1], batches[1][i:i + 1]))[0] for i in range(3)])
+    torch.testing.assert_close(p.losses(z, batches), looped)
+
+
+def test_meta_training_lowers_the_unrolled_loss(task):
+    p = problem(task)
+    rule = LSTMRule(scale=0.3)
+    before = meta_gradient(rule, p, steps=30, seed=123)[0]
+    history = meta_train(rule, p, epochs=4, steps_per_task=60, unroll=10, meta_lr=0.01, tasks_per_step=2)
+    after = meta_gradient(rule, p, steps=30, seed=123)[0]
+    assert after < 0.9 * before
+    assert len(history.meta_loss) == 4 * 6 and history.best_epoch is not None
+    assert len(history.epoch_test_loss) == 4 and not history.events
+
+
+def test_guard_rolls_back_an_injected_nan(task):
+    p = problem(task)
+
+    class Poisoned(LSTMRule):
+        calls = 0
+
+        def forward(self, grad, features, carry):
+            type(self).calls += 1
+            step, carry = super().forward(grad, features, carry)
+            return (step * float("nan") if type(self).calls == 7 else step), carry
+
+    rule = Poisoned(scale=0.3)
+    history = meta_train(rule, p, epochs=1, steps_per_task=40, unroll=10)
+    assert len(history.events) == 1 and "non-finite" in history.events[0].reason
+    assert all(torch.isfinite(v).all() for v in rule.state_dict().values())
+    assert all(torch.isfinite(torch.tensor(history.epoch_test_loss)))
+
+
+def test_guard_gives_up_with_a_clear_error(task):
+    p = problem(task)
+
+    class Broken(LSTMRule):
+        def forward(self, grad, features, carry):
+            step, carry = super().forward(grad, features, carry)
+            return step * float("nan"), carry
+
+    with pytest.raises(RuntimeError, match="diverged"):
+        meta_train(Broken(), p, epochs=1, steps_per_task=40, unroll=2, patience=3)
+
+
+def test_checkpoint_and_resume(task, tmp_path):
+    p = problem(task)
+    run = Run("sl2o", root=tmp_path, params={"x": 1})
+    first = LSTMRule()
+    meta_train(first, p, epochs=2, steps_per_task=20, unroll=10, run=run)
+    assert run.checkpoint_steps == [1, 2]
+    resumed = LSTMRule()
+    history = meta_train(resumed, p, epochs=3, steps_per_task=20, unroll=10, run=Run("sl2o", root=tmp_path))
+    assert len(history.meta_loss) == 6 and len(history.epoch_test_loss) == 3
+    straight = LSTMRule()
+    meta_train(straight, p, epochs=3, steps_per_task=20, unroll=10)
+    for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_save_load_gives_the_same_updates(tmp_path):
+    rule = LSTMRule(hidden=6, layers=2, scale=0.2, seed=4)
+    space = random_subspace(30, 12, seed=1)
+    save_trained(tmp_path / "sl2o.pt", rule, space)
+    loaded, loaded_space = load_trained(tmp_path / "sl2o.pt")
+    assert torch.equal(loaded_space.basis, space.basis) and torch.equal(loaded_space.origin, space.origin)
+    assert load_trained(tmp_path / "missing.pt") is None and load_trained("ci", root=tmp_path) is None
+    grads = torch.randn(5, 12)
+    a, b = rnnprop(rule), rnnprop(loaded)
+    sa, sb = a.init(grads[0]), b.init(grads[0])
+    for t, g in enumerate(grads):
+        da, sa = a.update(g, sa, g, t)
+        db, sb = b.update(g, sb, g, t)
+        assert torch.equal(da, db)
+
+
+def test_torch_optim_adapter_matches_the_functional_path(task):
+    p = problem(task, test=False)
+    rule = LSTMRule(scale=0.3, seed=1)
+    ref = train_flat(p.model, sl2o(rule, p.space), BatchSampler(task.train, 32, seed=2), steps=15, theta=p.theta0)
+    module = p.model.module
+    p.model.load(p.theta0)
+    opt = SL2O(module.parameters(), rule, p.space)
+    train_module(module, opt, BatchSampler(task.train, 32, seed=2), steps=15)
+    torch.testing.assert_close(p.model.flatten(), ref.theta, atol=1e-5, rtol=0)
+    # state_dict round trip: a fresh optimizer continues exactly like the original
+    state = opt.state_dict()
+    twin = SL2O(module.parameters(), rule, p.space)
+    twin.load_state_dict(state)
+    assert torch.equal(twin.state[next(iter(module.parameters()))]["flat"]["z"],
+                       opt.state[next(iter(module.parameters()))]["flat"]["z"])
+    with pytest.raises(ValueError, match="subspace"):
+        SL2O(nn.Linear(3, 2).parameters(), rule, p.space)
+
+
+def test_transfer_to_a_model_of_another_size(task):
+    source = problem(task, d=6, hidden=(16,))
+    rule = LSTMRule(scale=0.3)
+    meta_train(rule, source, epochs=1, steps_per_task=30, unroll=10)
+    target = problem(task, d=11, hidden=(32, 32), seed=1)
+    h = train_flat(target.model, sl2o(rule, target.space), BatchSampler(task.train, 32, seed=0), steps=30,
+                   theta=target.theta0)
+    assert torch.isfinite(torch.as_tensor(h.train_loss)).all()
+    plain = train_flat(target.model, sl2o(rule), BatchSampler(task.train, 32, seed=0), steps=30, theta=target.theta0)
+    assert torch.isfinite(torch.as_tensor(plain.train_loss)).all()   # plain L2O: every coordinate
+
+
+def test_meta_train_validates_before_work(task):
+    p = problem(task)
+    with pytest.raises(ValueError, match="unroll"):
+        meta_train(LSTMRule(), p, steps_per_task=5, unroll=10)
+    with pytest.raises(ValueError, match="meta_lr"):
+        meta_train(LSTMRule(), p, meta_lr=0)
+    with pytest.raises(ValueError, match="rule"):
+        meta_train(FixedRule(0.1), p)
+    with pytest.raises(ValueError, match="batch_size"):
+        Problem(p.model, p.train, 0, p.space)
+
+
+def test_lora_coordinates_of_a_tiny_vit():
+    # SL2O's transformer setting: the rule acts on LoRA factors of the attention projections.
+    from l2o_lib.lora import lora_space
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3, 8, 8), torch.randint(0, 4, (64,))
+    vit = build_model("vit_tiny", (3, 8, 8), 4, seed=0, patch=4, dim=16, depth=1, heads=2)
+    model = FlatModel(vit)
+    space = lora_space(model, rank=2)
+    p = Problem(model, (x, y), 16, space)
+    assert p.start().shape == (1, space.dim)
+    loss, grads = meta_gradient(LSTMRule(scale=0.1), p, steps=3)
+    assert torch.isfinite(torch.tensor(loss)) and any(g.abs().sum() > 0 for g in grads.values())
+    from l2o_lib.data import ArrayData
+    h = train_flat(model, sl2o(LSTMRule(scale=0.1), space), BatchSampler(ArrayData(x, y), 16, seed=0), steps=5,
+                   theta=p.theta0)
+    assert torch.isfinite(torch.as_tensor(h.train_loss)).all()
