@@ -23,6 +23,7 @@ Modules:
 ``pbfgs``          P-BFGS / P+-BFGS in a subspace, with an Armijo line search
 ``sl2o``           SL2O: coordinate-wise LSTM optimizer, truncated-BPTT meta-training
 ``mlrsnet``        MLR-SNet LR-schedule LSTM, meta-train/test, HD baseline
+``l3rs``           L3RS: learned per-layer mix of base optimizers, fine-tuning tasks; NES in ``meta``
 ``meta``           divergence guard and meta-checkpoints shared by the meta-trainers
 ``population``     many runs of one architecture as one vmapped program (seeds x grids)
 ``landscape``      loss-landscape planes, batched grids, trajectory projection

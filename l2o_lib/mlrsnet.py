@@ -70,7 +70,7 @@ from .meta import DivergenceGuard, load_meta_state, meta_state
 from .optim import momentum as momentum_transform
 from .optim.base import Transform
 from .population import Rule, schedule_table, transform_rule
-from .results import Run, atomic_torch_save, resume_or_start
+from .results import Run, artifact_path, atomic_torch_save, find_artifact, resume_or_start
 from .training import History, progress
 
 __all__ = [
@@ -550,18 +550,14 @@ def save_trained(schedule: TrainedSchedule, path: str | os.PathLike) -> Path:
 
 def trained_path(profile: str, root: str | os.PathLike = "runs") -> Path:
     """Where notebook 04 keeps the schedule trained under ``profile``."""
-    check_choice("profile", profile, ("ci", "quick", "paper"))
-    return Path(root) / profile / "04_mlrsnet" / "mlrsnet.pt"
+    return artifact_path(profile, "04_mlrsnet", "mlrsnet.pt", root)
 
 
 def load_trained(profile_or_path: str | os.PathLike, *, root: str | os.PathLike = "runs") -> TrainedSchedule | None:
     """The schedule saved by notebook 04 under a profile (``"ci"``, ``"quick"``, ``"paper"``) or at
     a path; ``None`` when there is none yet (run notebook 04 first)."""
-    if isinstance(profile_or_path, str) and profile_or_path in ("ci", "quick", "paper"):
-        path = trained_path(profile_or_path, root)
-    else:
-        path = Path(profile_or_path)
-    if not path.is_file():
+    path = find_artifact(profile_or_path, "04_mlrsnet", "mlrsnet.pt", root)
+    if path is None:
         return None
     return TrainedSchedule.from_state(torch.load(path, map_location="cpu", weights_only=True))
 

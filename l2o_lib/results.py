@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from .config import check_int
+from .config import check_choice, check_int
 
 __all__ = [
     "atomic_write_bytes",
@@ -55,6 +55,8 @@ __all__ = [
     "to_jsonable",
     "Run",
     "resume_or_start",
+    "artifact_path",
+    "find_artifact",
 ]
 
 # New files get the usual rw-r--r-- rather than mkstemp's private 0600; reading the umask
@@ -510,3 +512,24 @@ def resume_or_start(
     start, state = latest if latest is not None else (0, init_fn())
     run.rewind(start)
     return start, state
+
+
+_PROFILES = ("ci", "quick", "paper")
+
+
+def artifact_path(profile: str, notebook: str, filename: str, root: str | os.PathLike = "runs") -> Path:
+    """Where ``notebook`` keeps an artifact (a trained optimizer …) under ``profile``:
+    ``root/profile/notebook/filename``."""
+    check_choice("profile", profile, _PROFILES)
+    return Path(root) / profile / notebook / filename
+
+
+def find_artifact(profile_or_path: str | os.PathLike, notebook: str, filename: str,
+                  root: str | os.PathLike = "runs") -> Path | None:
+    """The artifact of :func:`artifact_path` for a profile name, or ``profile_or_path`` itself
+    when it is a path; ``None`` when the file does not exist (the notebook has not run yet)."""
+    if isinstance(profile_or_path, str) and profile_or_path in _PROFILES:
+        path = artifact_path(profile_or_path, notebook, filename, root)
+    else:
+        path = Path(profile_or_path)
+    return path if path.is_file() else None

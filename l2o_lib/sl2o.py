@@ -41,10 +41,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from .config import check_choice, check_int, check_nonnegative, check_positive
+from .config import check_int, check_nonnegative, check_positive
 from .functional import FlatModel
 from .meta import DivergenceGuard, GuardEvent, load_meta_state, meta_state
-from .results import atomic_torch_save
+from .results import artifact_path, atomic_torch_save, find_artifact
 from .optim.adapter import FlatOptimizer
 from .optim.base import Transform, check_betas
 from .lora import LoRASpace, lora_dagger
@@ -460,19 +460,15 @@ def save_trained(path: str | os.PathLike, rule: LSTMRule, space: Subspace | None
 
 def trained_path(profile: str, root: str | os.PathLike = "runs") -> Path:
     """Where notebook 03 keeps the optimizer meta-trained under ``profile``."""
-    check_choice("profile", profile, ("ci", "quick", "paper"))
-    return Path(root) / profile / "03_sl2o" / "sl2o.pt"
+    return artifact_path(profile, "03_sl2o", "sl2o.pt", root)
 
 
 def load_trained(profile_or_path: str | os.PathLike, *, root: str | os.PathLike = "runs",
                  map_location="cpu") -> Trained | None:
     """The optimizer saved by notebook 03 under a profile (``"ci"``, ``"quick"``, ``"paper"``) or at a
     path; ``None`` when there is none yet (run notebook 03 first)."""
-    if isinstance(profile_or_path, str) and profile_or_path in ("ci", "quick", "paper"):
-        path = trained_path(profile_or_path, root)
-    else:
-        path = Path(profile_or_path)
-    if not path.is_file():
+    path = find_artifact(profile_or_path, "03_sl2o", "sl2o.pt", root)
+    if path is None:
         return None
     blob = torch.load(path, map_location=map_location, weights_only=True)
     rule = LSTMRule(**blob["config"])
