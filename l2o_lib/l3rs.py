@@ -601,7 +601,6 @@ def finetune(model: FlatModel, transform: Transform, task: FinetuneTask, *, step
     """
     check_int("steps", steps)
     check_choice("eval_on", eval_on, ("train", "test"))
-    device = task.theta0.device
     sampler = BatchSampler(task.train, batch_size, seed=int(task.seed), drop_last=False)
     takes_loss = "loss" in inspect.signature(transform.update).parameters
     box = {"state": transform.init(task.theta0)}
