@@ -1,4 +1,4 @@
-"""Machinery shared by the meta-trainers: divergence guard and meta-checkpoints.
+"""Machinery shared by the meta-trainers: divergence guard, meta-checkpoints and NES.
 
 Meta-training a learned optimizer can blow up: one unlucky unroll produces a NaN or a loss
 thousands of times larger than where it started, and one Adam step on that meta-gradient ruins
@@ -8,14 +8,15 @@ a clear error when it keeps happening. ``meta_state`` / ``load_meta_state`` put 
 into a :class:`~l2o_lib.results.Run` checkpoint so that long runs resume where they stopped.
 
 The method modules (:mod:`~l2o_lib.sl2o`, :mod:`~l2o_lib.mlrsnet`, :mod:`~l2o_lib.l3rs`) build
-their own loops on these pieces.
+their own loops on these pieces; L3RS trains with :func:`nes_train` (below).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -154,11 +155,6 @@ def load_meta_state(state: dict, module: nn.Module, optimizer: torch.optim.Optim
 # (the paper: every 500). The noise of generation ``t`` depends on ``(seed, t)`` only, so every
 # process of a sharded run and a resumed run draw the same population.
 
-import time as _time
-from dataclasses import field as _field
-from typing import Callable as _Callable
-
-
 def centered_ranks(fitness: Tensor) -> Tensor:
     """Rank-based fitness shaping: ranks scaled to ``[-0.5, 0.5]``, best = 0.5.
 
@@ -208,7 +204,7 @@ def nes_gradient(noise: Tensor, fitness: Tensor, sigma: float) -> Tensor:
     return (shaped[:h] - shaped[h:]) @ noise / (2 * h * sigma)
 
 
-def nes_estimate(phi: Tensor, fitness_fn: _Callable[[Tensor], Tensor], *, pairs: int, sigma: float, seed: int = 0,
+def nes_estimate(phi: Tensor, fitness_fn: Callable[[Tensor], Tensor], *, pairs: int, sigma: float, seed: int = 0,
                  generation: int = 0) -> tuple[Tensor, Tensor]:
     """``(gradient estimate, fitnesses)`` of one generation around ``phi``, single process."""
     noise = antithetic_noise(pairs, phi.numel(), seed=seed, generation=generation, device=phi.device, dtype=phi.dtype)
@@ -238,7 +234,7 @@ class NESResult:
 
     phi: Tensor
     history: dict
-    events: list = _field(default_factory=list)
+    events: list = field(default_factory=list)
     start: int = 0
 
 
@@ -265,11 +261,11 @@ def _gather(local: Tensor, world: int) -> Tensor:
     return torch.cat(parts)
 
 
-def nes_train(phi0: Tensor, fitness_fn: _Callable[[Tensor, int], Tensor], *, generations: int, pairs: int,
+def nes_train(phi0: Tensor, fitness_fn: Callable[[Tensor, int], Tensor], *, generations: int, pairs: int,
               sigma: float = 0.05, lr: float = 0.01, halve_every: int = 500, optimizer: str = "adam",
               seed: int = 0, run: Any = None, checkpoint_every: int = 50, patience: int = 10,
               explode: float = 1e3, distributed: bool = False, desc: str | None = "NES",
-              on_generation: _Callable[[int, Tensor, dict], None] | None = None) -> NESResult:
+              on_generation: Callable[[int, Tensor, dict], None] | None = None) -> NESResult:
     """Maximise ``fitness_fn`` over a flat vector with antithetic NES and centred-rank shaping.
 
     Args:
@@ -332,7 +328,7 @@ def nes_train(phi0: Tensor, fitness_fn: _Callable[[Tensor, int], Tensor], *, gen
                                 done)
 
     for t in progress(range(start, generations), desc=desc, initial=start, total=generations):
-        clock = _time.perf_counter()
+        clock = time.perf_counter()
         decay = 0.5 ** (t / halve_every)
         lr_t, sigma_t = lr * decay, sigma * decay
         phi = holder.phi.detach()
@@ -359,7 +355,7 @@ def nes_train(phi0: Tensor, fitness_fn: _Callable[[Tensor, int], Tensor], *, gen
                   "fitness_median": -median_loss,
                   "fitness_max": float(finite.max()) if finite.numel() else math.nan,
                   "finite": finite.numel() / fitness.numel(), "lr": lr_t, "sigma": sigma_t,
-                  "accepted": bool(accepted), "seconds": _time.perf_counter() - clock}
+                  "accepted": bool(accepted), "seconds": time.perf_counter() - clock}
         for k in keys:
             history[k].append(record[k])
         if on_generation is not None:
