@@ -81,7 +81,7 @@ from .models import build_model
 from .optim import FlatOptimizer, Transform, adam, adamax, lamb, lion, segment_ids
 from .optim.baselines import AdamState, MomentumState
 from .results import artifact_path, atomic_torch_save, find_artifact
-from .training import History, progress, run_loop
+from .training import History, mean_train_loss, progress, run_loop
 
 __all__ = [
     "BASES", "L3RSConfig", "L3RSState", "init_phi", "unpack_phi", "policy", "combine", "l3rs", "L3RS",
@@ -807,10 +807,9 @@ def tune_baselines(family: "TaskFamily", factories: dict[str, Callable[[float], 
     for name, make in progress(list(factories.items()), desc=desc):
         scores = {}
         for lr in lrs:
-            losses = [float(np.mean(finetune(family.model, make(lr), t, steps=steps, batch_size=batch_size,
-                                             eval_every=steps).train_loss)) for t in tasks]
-            score = float(np.mean(losses))
-            scores[float(lr)] = score if math.isfinite(score) else float("inf")
+            scores[float(lr)] = float(np.mean([mean_train_loss(finetune(family.model, make(lr), t, steps=steps,
+                                                                        batch_size=batch_size, eval_every=steps))
+                                               for t in tasks]))
         out[name] = {"lr": min(scores, key=scores.get), "scores": scores}
     return out
 

@@ -140,9 +140,18 @@ def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, step
 def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler, *, steps: int,
                  eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
-                 desc: str | None = None) -> History:
+                 desc: str | None = None, on_loss: Callable[[Tensor], None] | None = None,
+                 loss_closure: bool = False, on_step: Callable[[int, nn.Module], None] | None = None) -> History:
     """The ordinary PyTorch loop (``zero_grad``, ``backward``, ``step``) with the same bookkeeping
-    as :func:`train_flat`, so both paths can be compared number for number."""
+    as :func:`train_flat`, so both paths can be compared number for number.
+
+    Hooks for learned optimizers and schedules: ``on_loss(loss)`` gets each batch loss (detached)
+    before the step (e.g. MLR-SNet's scheduler sets the LR from it); ``loss_closure=True`` calls
+    ``optimizer.step(closure)`` with a closure that *returns* that loss without recomputing it (for
+    optimizers that read the loss, such as L3RS; not for line-search optimizers like LBFGS);
+    ``on_step(k, module)`` runs after the ``k``-th update (``k = 1 … steps``), e.g. to record a
+    trajectory.
+    """
     check_int("steps", steps)
     check_int("eval_every", eval_every)
     device = next(module.parameters()).device
@@ -162,8 +171,15 @@ def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: S
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(module(x), y)
         loss.backward()
-        optimizer.step()
         losses[step] = loss.detach()
+        if on_loss is not None:
+            on_loss(losses[step])
+        if loss_closure:
+            optimizer.step(lambda: losses[step])
+        else:
+            optimizer.step()
+        if on_step is not None:
+            on_step(step + 1, module)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1)
     return _finish(losses, evals, time.perf_counter() - start)
