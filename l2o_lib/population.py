@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
 from .config import check_int
 from .data import ArrayData
@@ -169,13 +169,9 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
     elif vectorize and model.buffer_names:
         raise ValueError("vectorize=True needs a model without buffers (BatchNorm); pass vectorize=False")
     generator = torch.Generator(device=device).manual_seed(seed)
-    module = model.module
     buffers = [model.init_buffers() for _ in range(k)]
 
-    def member_loss(theta, x, y):
-        return model.loss_fn(functional_call(module, model.unflatten(theta), (x,)), y)
-
-    grad_fn = vmap(grad_and_value(member_loss))
+    grad_fn = vmap(grad_and_value(lambda theta, x, y: model.loss(theta, (x, y), train=True)))
     losses = torch.empty(k, steps, device=device)
     lrs = torch.empty(k, steps, device=device)
     evals: list[tuple[int, dict]] = []
@@ -199,12 +195,7 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
         if augment is not None:
             x = augment(x.flatten(0, 1), generator).view(x.shape)
         if vectorize:
-            was = module.training
-            module.train(True)
-            try:
-                grads, loss = grad_fn(thetas, x, y)
-            finally:
-                module.train(was)
+            grads, loss = grad_fn(thetas, x, y)
         else:
             pairs = [model.loss_and_grad(thetas[i], (x[i], y[i]), buffers[i]) for i in range(k)]
             loss = torch.stack([p[0] for p in pairs])

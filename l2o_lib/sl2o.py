@@ -39,7 +39,7 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from .config import check_int, check_nonnegative, check_positive
 from .functional import FlatModel
@@ -252,12 +252,7 @@ class Problem:
         x, y = batches
         if len(z) == 1:
             return self.model.loss(thetas[0], (x[0], y[0]), train=True)[None]
-        module, loss_fn = self.model.module, self.model.loss_fn
-
-        def one(theta: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
-            return loss_fn(functional_call(module, self.model.unflatten(theta), (xb,), strict=False), yb)
-
-        return vmap(one)(thetas, x, y)
+        return vmap(lambda theta, xb, yb: self.model.loss(theta, (xb, yb), train=True))(thetas, x, y)
 
 
 @dataclass
