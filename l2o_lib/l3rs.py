@@ -84,10 +84,10 @@ from .results import artifact_path, atomic_torch_save, find_artifact
 from .training import History, mean_train_loss, progress, run_loop
 
 __all__ = [
-    "BASES", "L3RSConfig", "L3RSState", "init_phi", "unpack_phi", "policy", "combine", "l3rs", "L3RS",
+    "BASES", "feature_names", "L3RSConfig", "L3RSState", "init_phi", "unpack_phi", "policy", "combine", "l3rs", "L3RS",
     "features_dim", "finetune", "population_losses", "population_fitness",
     "pretrain_backbone", "FinetuneTask", "TaskFamily", "head_only", "baseline_factories",
-    "tune_baselines", "compare_methods", "speedup_records", "save_trained", "trained_path", "load_trained", "Trained",
+    "tune_baselines", "compare_methods", "family_from_setup", "speedup_records", "save_trained", "trained_path", "load_trained", "Trained",
 ]
 
 BASES = ("sgd", "adam", "lion", "lamb", "adamax", "weight_decay")
@@ -355,8 +355,16 @@ def _directions(config: L3RSConfig, params: dict, grad: Tensor, state: L3RSState
     return dirs, tuple(states)
 
 
+def feature_names(config: L3RSConfig) -> list[str]:
+    """Names of the columns of the ``(L, F)`` feature matrix the policy sees, in order."""
+    decays = [f"{d:g}" for d in config.ema_decays]
+    return ([f"log_w_ema{d}" for d in decays] + [f"log_g_ema{d}" for d in decays] + [f"loss_ema{d}" for d in decays]
+            + [f"rel_time{i}" for i in range(config.n_rel)] + [f"abs_time{i}" for i in range(len(config.abs_scales))]
+            + [f"embed{i}" for i in range(config.embed_dim)] + [f"log_norm_{b}" for b in config.bases])
+
+
 def _update(config: L3RSConfig, consts: _Consts, bases: dict, phi: Tensor, grad: Tensor, state: L3RSState,
-            theta: Tensor, step: int, loss: Tensor | float | None) -> tuple[Tensor, L3RSState]:
+            theta: Tensor, step: int, loss: Tensor | float | None, policy_fn=None) -> tuple[Tensor, L3RSState]:
     params = unpack_phi(phi, config)
     L = config.n_layers
     dirs, base_states = _directions(config, params, grad, state, theta, step, bases)
@@ -380,17 +388,24 @@ def _update(config: L3RSConfig, consts: _Consts, bases: dict, phi: Tensor, grad:
         params["embedding"],
         logs[2:].T,
     ], dim=1)
-    log_scale, mu = policy(params, feats, config.max_log_scale)
+    if policy_fn is None:
+        log_scale, mu = policy(params, feats, config.max_log_scale)
+    else:
+        log_scale, mu = policy_fn(feats, step)
     lam = config.base_lr * consts.root_n * log_scale.exp()
     delta = combine(stacked[2:], norms[2:], lam, mu, consts.ids)
     return delta, L3RSState(base_states, ema, ema_loss, lam, mu)
 
 
-def l3rs(phi: Tensor, config: L3RSConfig, *, total_steps: int, segments: Sequence[int]) -> Transform:
+def l3rs(phi: Tensor, config: L3RSConfig, *, total_steps: int, segments: Sequence[int],
+         policy_fn: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None) -> Transform:
     """L3RS as a pure transform over the flat vector of a model with ``segments`` tensor sizes.
 
     ``update(grad, state, theta, step, loss=None) -> (delta, state)``; ``total_steps`` is the
     run length ``T`` of the time features. ``phi`` is used as given (keep it detached).
+    ``policy_fn(features, step) -> (log_scale (L,), mu (L, P))`` replaces the MLP (columns of
+    ``features`` named by :func:`feature_names`): a probe that records what the MLP does, or a
+    distilled formula (:mod:`~l2o_lib.distill`).
     """
     if not isinstance(config, L3RSConfig):
         raise ValueError(f"config must be an L3RSConfig, got {type(config).__name__}")
@@ -411,7 +426,7 @@ def l3rs(phi: Tensor, config: L3RSConfig, *, total_steps: int, segments: Sequenc
         return _init_state(config, theta, bases)
 
     def update(grad, state, theta, step, loss=None):
-        return _update(config, consts_for(theta.device), bases, phi, grad, state, theta, step, loss)
+        return _update(config, consts_for(theta.device), bases, phi, grad, state, theta, step, loss, policy_fn)
 
     return Transform(init, update)
 
@@ -755,6 +770,24 @@ class TaskFamily:
         theta0 = torch.cat([(fresh[n].detach() if n in self.head else self.backbone[n]).reshape(-1).to(self.data.device)
                             for n in self.model.names])
         return FinetuneTask(theta0, train, sub.test, classes, seed)
+
+
+def family_from_setup(setup: dict, *, device: str = "cpu", cache_dir: str | os.PathLike = "data/l3rs") -> TaskFamily:
+    """The :class:`TaskFamily` an optimizer was meta-trained on, rebuilt from the ``setup`` that
+    :func:`save_trained` stored (notebook 05 records the dataset, model, classes and pretraining);
+    the backbone comes from the pretraining cache, or is pretrained again identically."""
+    from .data import load_dataset
+
+    needed = ("dataset", "model", "source", "pools", "k", "pretrain_steps", "pretrain_lr", "seed")
+    missing = [k for k in needed if k not in setup]
+    if missing:
+        raise ValueError(f"setup lacks {missing}: it was saved by an older notebook 05; run notebook 05 again")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in setup.get("model_kwargs", {}).items()}
+    data = load_dataset(setup["dataset"], device=device, seed=setup["seed"], download=True)
+    backbone = pretrain_backbone(setup["model"], data, setup["source"], steps=setup["pretrain_steps"],
+                                 lr=setup["pretrain_lr"], seed=setup["seed"], cache_dir=cache_dir, model_kwargs=kwargs)
+    return TaskFamily(data, setup["model"], backbone, setup["pools"], k=setup["k"], n_train=setup.get("n_task"),
+                      model_kwargs=kwargs)
 
 
 # --------------------------------------------------------------------------- baselines

@@ -2,7 +2,8 @@
 
 The builders (:func:`curves`, :func:`bar`, :func:`table`; for landscapes
 :func:`landscape_contour` and :func:`landscape_surface`; for learned schedules and mixing
-:func:`lr_schedules`, :func:`mixing_areas` and :func:`layer_bars`) take plain arrays, dicts,
+:func:`lr_schedules`, :func:`mixing_areas` and :func:`layer_bars`; for symbolic regression
+:func:`pareto_fronts` and :func:`parity`) take plain arrays, dicts,
 DataFrames and the library's result objects (``LandscapeGrid``, ``Projection``) and compute
 nothing heavy: experiments produce the numbers, these only draw them.
 All figures share a template, a size, and a colour per optimizer name (:func:`color_for`), so
@@ -58,6 +59,8 @@ __all__ = [
     "lr_schedules",
     "mixing_areas",
     "layer_bars",
+    "pareto_fronts",
+    "parity",
     "save",
     "find_browser",
     "png_available",
@@ -985,6 +988,58 @@ def _ensure_plotlyjs(directory: Path) -> Path:
     if not target.exists() or target.stat().st_size != source.stat().st_size:
         atomic_write_bytes(target, source.read_bytes())
     return target
+
+
+def pareto_fronts(fronts: Mapping[str, Any], *, chosen: Mapping[str, int] | None = None,
+                  title: str | None = "Pareto fronts of the symbolic fits") -> go.Figure:
+    """Error against complexity of each fit's Pareto front, the chosen formula circled.
+
+    Args:
+        fronts: ``{name: (complexities, errors)}`` (e.g. ``1 − R²`` per candidate), drawn on a log axis.
+        chosen: ``{name: complexity of the chosen formula}``.
+    """
+    if not isinstance(fronts, Mapping) or not fronts:
+        raise ValueError("fronts must be a non-empty dict {name: (complexities, errors)}")
+    fig = go.Figure()
+    for name, (cx, err) in fronts.items():
+        cx, err = np.asarray(cx, dtype=float), np.clip(np.asarray(err, dtype=float), 1e-12, None)
+        color = color_for(name)
+        fig.add_trace(go.Scatter(x=cx, y=err, mode="lines+markers", name=name, line=dict(color=color, shape="hv")))
+        if chosen and name in chosen:
+            pick = cx == chosen[name]
+            fig.add_trace(go.Scatter(x=cx[pick], y=err[pick], mode="markers", showlegend=False, hoverinfo="skip",
+                                     marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(color=color, width=2.5))))
+    fig.update_yaxes(type="log")
+    return _layout(fig, title=title, xlabel="complexity (nodes of the expression)", ylabel="1 − R²")
+
+
+def parity(series: Mapping[str, Any], *, title: str | None = "Fitted formula vs learned optimizer",
+           max_points: int = 2000) -> go.Figure:
+    """One panel per fit: the formula's prediction against the learned optimizer's output, with the
+    identity line; ``series`` is ``{name: (learned, predicted)}`` (at most ``max_points`` drawn each)."""
+    from plotly.subplots import make_subplots
+
+    if not isinstance(series, Mapping) or not series:
+        raise ValueError("series must be a non-empty dict {name: (learned, predicted)}")
+    names = list(series)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, horizontal_spacing=0.08, vertical_spacing=0.15)
+    for i, name in enumerate(names):
+        y, p = (np.asarray(_to_numpy(v), dtype=float).reshape(-1) for v in series[name])
+        if len(y) > max_points:  # a fixed thinning: the same points in every export
+            keep = np.linspace(0, len(y) - 1, max_points).astype(int)
+            y, p = y[keep], p[keep]
+        r, c = i // cols + 1, i % cols + 1
+        fig.add_trace(go.Scatter(x=y, y=p, mode="markers", name=name, showlegend=False,
+                                   marker=dict(size=3, opacity=0.4, color=color_for(name))), row=r, col=c)
+        lo, hi = float(np.nanmin([y.min(), p.min()])), float(np.nanmax([y.max(), p.max()]))
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", showlegend=False, hoverinfo="skip",
+                                 line=dict(color="#888", dash="dash")), row=r, col=c)
+    _layout(fig, title=title, xlabel=None, ylabel=None, height=max(HEIGHT, 330 * rows))
+    fig.update_xaxes(title_text="learned")
+    fig.update_yaxes(title_text="formula", col=1)
+    return fig
 
 
 def save(
