@@ -37,7 +37,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-from l2o_lib.benchmark import time_per_call
+from l2o_lib.benchmark import target, time_per_call
 from l2o_lib.data import ArrayData, BatchSampler
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
@@ -46,6 +46,12 @@ from l2o_lib.pbfgs import line_search_step, pbfgs
 from l2o_lib.subspace import dldr, random_subspace, sample_trajectory
 
 D_SUB, C, BETA, MAX_TRIES = 40, 0.4, 0.55, 30
+
+
+def targets(r: dict) -> list[dict]:
+    """Issue 10's targets, from the record's fields: the line search's price, and on a GPU the speed-up."""
+    return [target("P-BFGS iteration / SGD step", r["ratio_vs_sgd"], 1.5),
+            target("P-BFGS speed-up vs the reference-style iteration", r["reference_s"] / r["ours_s"], 5, ">=", "cuda")]
 
 
 def _subspace(flat, theta0, x, y, batch, quick, device):
@@ -162,8 +168,9 @@ def run(*, quick: bool, device: str) -> dict:
         os.rmdir(tmpdir)
     timing = {k: statistics.median(v) for k, v in times.items()}
     mean = lambda v: sum(v) / len(v)
-    return {**timing, "ratio_vs_sgd": timing["ours_s"] / timing["sgd_s"],
+    out = {**timing, "ratio_vs_sgd": timing["ours_s"] / timing["sgd_s"],
             "line_search_evals": mean(ours_evals), "reference_line_search_evals": mean(ref_evals),
             "warm_iterations": warm,
             "model": "resnet20", "batch_size": batch, "parameters": flat.dim, "subspace_dim": D_SUB,
             "subspace": "random" if quick else "dldr(sgd 80 steps)", "method": "P-BFGS"}
+    return {**out, "targets": targets(out)}

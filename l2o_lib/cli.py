@@ -2,7 +2,7 @@
 
     l2o run [NOTEBOOK ...] --profile {ci,quick,paper} [-p KEY VALUE ...] [--jobs N]
     l2o list
-    l2o bench [CASE ...] [--quick] [--device auto|cpu|cuda]
+    l2o bench [CASE ...] [--quick] [--device auto|cpu|cuda] [--out DIR]
 
 This is the only module that parses arguments or prints.
 """
@@ -81,18 +81,37 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .benchmark import find_cases, run_case
+    from pathlib import Path
+
+    from . import benchmark
+    from .config import resolve_device
 
     try:
-        cases = find_cases(args.cases)
+        cases = benchmark.find_cases(args.cases, benchmark.BENCH_DIR)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{'case':24s} {'device':6s} {'ours (s)':>10s} {'reference (s)':>14s} {'ratio':>7s}")
-    for name, path in cases.items():
-        rec = run_case(path, quick=args.quick, device=args.device)
-        print(f"{name:24s} {rec['device']:6s} {rec['ours_s']:10.4f} {rec['reference_s']:14.4f} {rec['ratio']:6.2f}x")
-    return 0
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out) if args.out else benchmark.RECORD_DIR
+
+    def done(rec):
+        if "error" in rec:
+            print(f"{rec['case']:24s} {rec['device']:6s} FAILED  {rec['error']}", flush=True)
+        else:
+            print(f"{rec['case']:24s} {rec['device']:6s} ours {rec['ours_s']:.4g} s, reference {rec['reference_s']:.4g} s, "
+                  f"ratio {rec['ratio']:.3g}x", flush=True)
+
+    records = benchmark.run_cases(cases, quick=args.quick, device=device, out_dir=out_dir, on_done=done)
+    text, path = benchmark.write_table(records, out_dir, benchmark.BENCH_DIR)
+    print(f"\n{text}\nwritten to {path}")
+    failed = [r for r in records if "error" in r]
+    for r in failed:
+        print(f"\n=== bench case {r['case']} failed ===\n{r['traceback']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("cases", nargs="*", help="case names (default: all)")
     bench.add_argument("--quick", action="store_true", help="CI-sized: fewer repetitions, smaller data")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    bench.add_argument("--out", default=None, help="directory of the records and table.md (default: runs/bench)")
     bench.set_defaults(fn=_cmd_bench)
     return parser
 

@@ -1,0 +1,95 @@
+"""How the cost of an SL2O first-order meta-training inner step grows with the model and the meta-batch.
+
+Every point times :func:`l2o_lib.sl2o.meta_train`'s inner loop (``_run_task``, first order, T = 10, an
+Adam meta-step at the end of every unroll, as in ``bench/sl2o_meta_step.py``) in a random 40-dimensional
+subspace through the model's initial weights, per inner step, and a plain ``torch.optim.SGD`` step of the
+same model at the same batch size (``sgd_s``), timed in the same alternating rounds so that drift in the
+machine's load hits both alike.
+
+* ``models``: one task per meta-step, the model growing MLP (MNIST-1D-shaped data, 15 k weights) →
+  ResNet-20 (CIFAR-shaped, 0.27 M) → ResNet-18 (CIFAR-shaped, 11 M; full mode only).
+  ``ratio_vs_sgd = ours_s / sgd_s``.
+* ``meta_batch``: the MLP with ``tasks_per_step`` K = 1, 2, 4, 8 (full: also 16) tasks trained side by
+  side, one vmapped model call per inner step. The meta-step does K tasks' work, so it is compared
+  with K SGD steps: ``per_task_vs_sgd = ours_s / (K · sgd_s)``, which falls below 1 when batching the
+  tasks pays. (Models with BatchNorm cannot be vmapped over tasks, hence the MLP.)
+
+Quick mode: batch 8 (the ResNet's cost is what grows, not the data), three unrolls per call, two rounds;
+full mode: batch 128, three unrolls per call, three rounds. The headline ``ours_s`` / ``reference_s``
+are the largest model's meta-step and SGD step. The numbers are a report, not a target.
+"""
+
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from l2o_lib.benchmark import time_per_call
+from l2o_lib.functional import FlatModel
+from l2o_lib.models import build_model
+from l2o_lib.sl2o import LSTMRule, Problem, _run_task, rnnprop
+from l2o_lib.subspace import random_subspace
+
+D_SUB, T = 40, 10
+SHAPES = {"mlp": (40,), "resnet20": (3, 32, 32), "resnet18": (3, 32, 32)}
+
+
+def _point(name: str, *, tasks: int, batch: int, unrolls: int, rounds: int, device: str) -> dict:
+    """Seconds per inner step of a K-task first-order meta-step and of one SGD step, for one model."""
+    shape = SHAPES[name]
+    n = max(256, 4 * batch)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, *shape, generator=g).to(device)
+    y = torch.randint(10, (n,), generator=g).to(device)
+    module = build_model(name, shape, 10, seed=0).to(device)
+    flat = FlatModel(module)
+    theta0 = flat.flatten()
+    problem = Problem(flat, (x, y), batch, random_subspace(flat.dim, D_SUB, origin=theta0, seed=0, device=device))
+    rule = LSTMRule().to(device)
+    meta_opt = torch.optim.Adam(rule.parameters(), lr=1e-3)
+    transform = rnnprop(rule, differentiable=True)
+    gen = torch.Generator(device=device).manual_seed(0)
+    steps = T * unrolls
+
+    def on_unroll(value, objective):
+        meta_opt.zero_grad(set_to_none=True)
+        objective.backward()
+        meta_opt.step()
+        return True
+
+    def ours():
+        _run_task(problem, transform, gen, steps=steps, unroll=T, tasks=tasks, first_order=True, on_unroll=on_unroll)
+
+    sgd_model = build_model(name, shape, 10, seed=0).to(device).train()
+    opt = torch.optim.SGD(sgd_model.parameters(), lr=0.1)
+
+    def sgd():
+        for _ in range(steps):
+            xb, yb = problem.batches(gen, 1)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(sgd_model(xb[0]), yb[0]).backward()
+            opt.step()
+
+    fns = {"ours_s": ours, "sgd_s": sgd}
+    times = {k: [] for k in fns}
+    for fn in fns.values():
+        time_per_call(fn, device=device, warmup=0, repeat=1)
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            times[k].append(time_per_call(fn, device=device, warmup=0, repeat=1) / steps)
+    t = {k: statistics.median(v) for k, v in times.items()}
+    return {"model": name, "parameters": flat.dim, "tasks": tasks, "batch": batch, **t,
+            "ratio_vs_sgd": t["ours_s"] / t["sgd_s"], "per_task_vs_sgd": t["ours_s"] / (tasks * t["sgd_s"])}
+
+
+def run(*, quick: bool, device: str) -> dict:
+    batch, unrolls, rounds = (8, 3, 2) if quick else (128, 3, 3)
+    models = ("mlp", "resnet20") if quick else ("mlp", "resnet20", "resnet18")
+    meta_batches = (1, 2, 4, 8) if quick else (1, 2, 4, 8, 16)
+    kw = dict(batch=batch, unrolls=unrolls, rounds=rounds, device=device)
+    by_model = [_point(name, tasks=1, **kw) for name in models]
+    by_tasks = [by_model[0]] + [_point("mlp", tasks=k, **kw) for k in meta_batches[1:]]
+    top = by_model[-1]
+    return {"ours_s": top["ours_s"], "reference_s": top["sgd_s"], "model": top["model"],
+            "models": by_model, "meta_batch": by_tasks, "batch": batch, "unroll": T, "d": D_SUB,
+            "per": "inner step", "targets": []}
