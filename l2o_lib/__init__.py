@@ -18,7 +18,8 @@ Modules:
 ``results``        run directories, atomic writes, checkpoints and resume
 ``plots``          plotly figure builders and ``save`` (HTML + PNG)
 ``runner``/``cli`` papermill notebook runner and the ``l2o`` command
-``benchmark``      timing helpers behind ``l2o bench``
+``benchmark``      timing helpers, cases, targets and the table behind ``l2o bench``
+``report``         the methods side by side (notebook 08, README) from summaries and bench records
 ``subspace``       DLDR / random subspaces, ``dagger`` (any optimizer on coordinates); ``lora``
 ``pbfgs``          P-BFGS / P+-BFGS in a subspace, with an Armijo line search
 ``sl2o``           SL2O: coordinate-wise LSTM optimizer, truncated-BPTT meta-training
