@@ -189,15 +189,18 @@ def _cost(cost: Cost | None, bench: Mapping[str, Mapping]) -> tuple[float | None
     return None, "", ""
 
 
+_SUMMARY_FIELDS = {"method", "metric", "value"}
+
+
 def _value(rows: pd.DataFrame, method: str, metric: str | None) -> Any:
-    if metric is None or rows.empty:
+    if metric is None or rows.empty or not _SUMMARY_FIELDS <= set(rows.columns):
         return None
     hit = rows[(rows["method"] == method) & (rows["metric"] == metric)]
     return None if hit.empty else hit["value"].iloc[-1]
 
 
 def _baseline(rows: pd.DataFrame, spec: MethodSpec) -> str | None:
-    if rows.empty:  # the notebook has not run: no baseline to show either
+    if rows.empty or not _SUMMARY_FIELDS <= set(rows.columns):  # the notebook has not run: no baseline either
         return None
     if spec.baseline is not None:
         return spec.baseline

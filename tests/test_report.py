@@ -111,12 +111,15 @@ def test_missing_inputs_leave_empty_cells(tmp_path, runs, bench):
     assert all(v in (None, "") for v in blank.to_numpy().ravel())
     assert markdown(empty).count("\n") == 2 + len(METHODS)
 
-    # a torn summary, a corrupt checkpoint and an errored bench record are tolerated too
+    # a summary without the usual fields, a corrupt checkpoint and an errored bench record are tolerated too
+    write_json(runs / "quick" / "04_mlrsnet" / "results" / "summary.json", [{"note": "no method or metric"}])
     (runs / "quick" / "03_sl2o" / "checkpoints" / "step_00000021.pt").write_bytes(b"not a checkpoint")
     write_json(bench / "sl2o_step.json", {"case": "sl2o_step", "device": "cpu", "error": "RuntimeError: boom"})
     table = side_by_side("quick", runs=runs, bench_dir=bench, cases_dir=None)
     sl2o = table.set_index("method").loc["SL2O"]
     assert sl2o["meta_training_s"] is None and sl2o["step_cost"] is None and sl2o["meta_step_cost"] == 1.23
+    mlrsnet = table.set_index("method").loc["MLR-SNet"]
+    assert mlrsnet["accuracy"] is None and mlrsnet["baseline"] is None and mlrsnet["step_cost"] == 1.08
 
 
 def test_markdown_cells(runs, bench):
@@ -166,3 +169,10 @@ def test_meta_training_seconds_kinds(runs):
     assert report.meta_training_seconds("l3rs", runs / "quick" / "05_l3rs") == (4.5, "05_l3rs nes_history.json")
     assert report.meta_training_seconds(None, runs / "quick" / "04_mlrsnet") == (None, "")
     assert report.meta_training_seconds("sl2o", runs / "quick" / "missing") == (None, "")
+
+
+def test_summaries_without_the_usual_fields():
+    odd = pd.DataFrame([{"notebook": "03_sl2o", "note": "x"}])
+    table = report.method_table(odd, {})
+    assert table.set_index("method").loc["SL2O", "accuracy"] is None
+    assert table.set_index("method").loc["SL2O", "baseline"] is None
