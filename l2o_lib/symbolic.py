@@ -251,23 +251,24 @@ def pysr_available() -> bool:
     return importlib.util.find_spec("pysr") is not None and shutil.which("julia") is not None
 
 
-def _pyoperon(X, y, names, *, operators, max_complexity, budget, seed, population) -> list[str]:
+def _pyoperon(X, y, names, *, operators, max_complexity, budget, seed, population, generations) -> list[str]:
     from pyoperon.sklearn import SymbolicRegressor
 
     reg = SymbolicRegressor(
         allowed_symbols=",".join([*operators, "constant", "variable"]), objectives=["r2", "length"],
-        max_length=max_complexity, generations=10 ** 6, population_size=population, max_time=max(1, round(budget)),
+        max_length=max_complexity, generations=generations or 10 ** 6, population_size=population,
+        max_time=max(1, round(budget)),
         optimizer_iterations=5, random_state=seed, n_threads=1, model_selection_criterion="minimum_description_length")
     reg.fit(X, y)
     return [reg.get_model_string(entry["tree"], 6, list(names)) for entry in reg.pareto_front_]
 
 
-def _pysr(X, y, names, *, operators, max_complexity, budget, seed, population) -> list[str]:
+def _pysr(X, y, names, *, operators, max_complexity, budget, seed, population, generations) -> list[str]:
     from pysr import PySRRegressor
 
     reg = PySRRegressor(
         binary_operators=[_BINARY[o] for o in operators if o in _BINARY],
-        unary_operators=[o for o in operators if o in _UNARY], maxsize=max_complexity, niterations=10 ** 6,
+        unary_operators=[o for o in operators if o in _UNARY], maxsize=max_complexity, niterations=generations or 10 ** 6,
         timeout_in_seconds=budget, population_size=population, random_state=seed, deterministic=True,
         parallelism="serial", progress=False, verbosity=0, temp_equation_file=True)
     reg.fit(X, y, variable_names=list(names))
@@ -278,8 +279,8 @@ _SEARCH = {"pyoperon": _pyoperon, "pysr": _pysr}
 
 
 def fit(X, y, names: Sequence[str], *, backend: str = "auto", operators: Sequence[str] = OPERATORS,
-        max_complexity: int = 20, time_budget: float = 10.0, restarts: int = 1, seed: int = 0,
-        population: int = 1000, max_samples: int = 2000, slack: float = 1.5) -> Fit:
+        max_complexity: int = 20, time_budget: float = 10.0, generations: int | None = None, restarts: int = 1,
+        seed: int = 0, population: int = 1000, max_samples: int = 2000, slack: float = 1.5) -> Fit:
     """Search formulas ``y ≈ f(X)`` and choose one.
 
     Args:
@@ -289,6 +290,9 @@ def fit(X, y, names: Sequence[str], *, backend: str = "auto", operators: Sequenc
         operators: allowed operators, from :data:`OPERATORS` plus ``"abs"`` and ``"square"``.
         max_complexity: the backends' size limit on a formula.
         time_budget: seconds for the whole search (split over ``restarts``).
+        generations: stop each search after this many generations (PySR: iterations) as well; a
+            search bounded by generations, not by the clock, gives the same formula on any machine
+            for a seed (the time budget then only caps it).
         restarts: independent searches (seeds ``seed``, ``seed + 1``, …) whose fronts are merged; a
             genetic search can miss a structure in one run and find it in another.
         seed: the first search's seed; population: individuals per search.
@@ -312,6 +316,8 @@ def fit(X, y, names: Sequence[str], *, backend: str = "auto", operators: Sequenc
     check_int("max_complexity", max_complexity, minimum=3)
     check_positive("time_budget", time_budget)
     check_int("restarts", restarts)
+    if generations is not None:
+        check_int("generations", generations)
     check_int("seed", seed, minimum=0)
     check_int("population", population, minimum=10)
     check_int("max_samples", max_samples, minimum=2)
@@ -331,8 +337,9 @@ def fit(X, y, names: Sequence[str], *, backend: str = "auto", operators: Sequenc
     texts: list[str] = []
     for r in range(restarts):
         texts += _SEARCH[backend](X, y, names, operators=tuple(operators), max_complexity=max_complexity,
-                                  budget=time_budget / restarts, seed=seed + r, population=population)
+                                  budget=time_budget / restarts, seed=seed + r, population=population,
+                                  generations=generations)
     front = pareto(_score(texts, X, y, names))
     chosen = select(front, slack=slack)
     return Fit(chosen.expr, chosen.complexity, chosen.mse, chosen.r2, front, names, backend,
-               time.perf_counter() - start, {"samples": len(y), "restarts": restarts, "operators": list(operators)})
+               time.perf_counter() - start, {"samples": len(y), "restarts": restarts, "generations": generations, "operators": list(operators)})
