@@ -48,6 +48,7 @@ from .config import check_choice, check_int
 
 __all__ = [
     "atomic_write_bytes",
+    "read_params",
     "atomic_write_text",
     "atomic_write_json",
     "atomic_torch_save",
@@ -533,3 +534,10 @@ def find_artifact(profile_or_path: str | os.PathLike, notebook: str, filename: s
     else:
         path = Path(profile_or_path)
     return path if path.is_file() else None
+
+
+def read_params(profile: str, notebook: str, root: str | os.PathLike = "runs") -> dict | None:
+    """The parameters a notebook's :class:`Run` recorded under ``profile`` (its ``params.json``),
+    so a later notebook can rebuild the same task; ``None`` when that notebook has not run."""
+    path = find_artifact(profile, notebook, "params.json", root)
+    return None if path is None else json.loads(path.read_text())["params"]
