@@ -149,7 +149,8 @@ def _symbols(names: Sequence[str]) -> dict[str, sp.Symbol]:
 
 
 def _parse(text: str, names: Sequence[str]) -> sp.Expr:
-    return sp.sympify(text, locals=_symbols(names))
+    # pyoperon writes square(x); sympy knows abs, sqrt, exp, log, tanh by those names already.
+    return sp.sympify(text, locals={"square": lambda e: e ** 2, **_symbols(names)})
 
 
 def to_numpy(expr: sp.Expr, names: Sequence[str]) -> Callable[[np.ndarray], np.ndarray]:

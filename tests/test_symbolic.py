@@ -114,6 +114,14 @@ def test_fit_rejects_bad_input_before_searching(kwargs, match):
         symbolic.fit(np.array([[np.nan, 1.0], [1.0, 1.0]]), np.ones(2), NAMES)
 
 
+def test_backend_strings_parse_with_every_operator():
+    text = "square(x1) + abs(x2) - sqrt(exp(x1)) / log(tanh(x2) + 2)"
+    expr = symbolic._parse(text, NAMES)
+    X = np.array([[0.5, -1.5], [2.0, 0.3]])
+    expected = X[:, 0] ** 2 + np.abs(X[:, 1]) - np.sqrt(np.exp(X[:, 0])) / np.log(np.tanh(X[:, 1]) + 2)
+    np.testing.assert_allclose(symbolic.to_numpy(expr, NAMES)(X), expected)
+
+
 def test_fit_round_constants_and_latex():
     fit = symbolic.Fit(sp.sympify("0.123456*x1 + 2.0000001"), 5, 0.0, 1.0, [], NAMES, "pyoperon", 0.0)
     assert str(symbolic.round_constants(fit.expr, 3)) == "0.123*x1 + 2.0"
