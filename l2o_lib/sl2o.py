@@ -43,6 +43,7 @@ from torch.func import vmap
 
 from .config import check_int, check_nonnegative, check_positive
 from .functional import FlatModel
+from .fused import fused_rnnprop
 from .meta import DivergenceGuard, GuardEvent, load_meta_state, meta_state
 from .results import artifact_path, atomic_torch_save, find_artifact
 from .optim.adapter import FlatOptimizer
@@ -115,7 +116,7 @@ class RNNpropState(NamedTuple):
 
 
 def rnnprop(rule: Rule, *, betas: Sequence[float] = (0.9, 0.99), eps: float = 1e-8,
-            differentiable: bool = False) -> Transform:
+            differentiable: bool = False, fused: bool = False, compile: str = "auto") -> Transform:
     """The learned optimizer as a pure transform: ``delta = -rule(g, [m̂/√(v̂+ε), g/√(v̂+ε)], carry)``.
 
     Args:
@@ -125,7 +126,12 @@ def rnnprop(rule: Rule, *, betas: Sequence[float] = (0.9, 0.99), eps: float = 1e
         eps: added to ``v̂`` under the square root (Algorithm 1).
         differentiable: keep the autograd graph through the rule (meta-training); otherwise the
             rule runs under ``no_grad`` so a long meta-test builds no graph.
+        fused: run an :class:`LSTMRule` through :func:`~l2o_lib.fused.fused_rnnprop`, one pure
+            function ``torch.compile`` can fuse (same state and numbers); ``compile`` is its mode
+            (``"auto"``: compiled on CUDA, eager elsewhere).
     """
+    if fused:
+        return fused_rnnprop(rule, betas=betas, eps=eps, differentiable=differentiable, compile=compile)
     beta1, beta2 = check_betas(betas)
     check_positive("eps", eps)
     if not callable(rule) or not hasattr(rule, "init_carry"):
@@ -147,8 +153,8 @@ def rnnprop(rule: Rule, *, betas: Sequence[float] = (0.9, 0.99), eps: float = 1e
 
 
 def sl2o(rule: Rule, subspace: Subspace | LoRASpace | None = None, **kwargs) -> Transform:
-    """SL2O: :func:`rnnprop` on the coordinates of ``subspace`` (a DLDR / random
-    :class:`~l2o_lib.subspace.Subspace` or LoRA coordinates); plain L2O when ``None``."""
+    """SL2O: :func:`rnnprop` (``kwargs`` are its options) on the coordinates of ``subspace`` (a DLDR /
+    random :class:`~l2o_lib.subspace.Subspace` or LoRA coordinates); plain L2O when ``None``."""
     inner = rnnprop(rule, **kwargs)
     if subspace is None:
         return inner
@@ -162,13 +168,13 @@ class SL2O(FlatOptimizer):
         params: the model's parameters, in the order the subspace was built on (a single group).
         rule: the trained :class:`LSTMRule`.
         subspace: the subspace the rule acts in; ``None`` = every parameter (plain L2O).
-        betas, eps: as in :func:`rnnprop`.
+        betas, eps, fused: as in :func:`rnnprop`.
     """
 
     def __init__(self, params, rule: Rule, subspace: Subspace | None = None, *,
-                 betas: Sequence[float] = (0.9, 0.99), eps: float = 1e-8):
+                 betas: Sequence[float] = (0.9, 0.99), eps: float = 1e-8, fused: bool = False):
         def factory(betas: tuple = tuple(betas), eps: float = eps) -> Transform:
-            return sl2o(rule, subspace, betas=betas, eps=eps)
+            return sl2o(rule, subspace, betas=betas, eps=eps, fused=fused)
 
         super().__init__(params, factory)
         if len(self.param_groups) != 1:
@@ -347,7 +353,8 @@ def meta_gradient(rule: LSTMRule, problem: Problem, *, steps: int = 2, first_ord
 def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_task: int = 1000,
                unroll: int = 10, meta_lr: float = 0.01, tasks_per_step: int = 1, first_order: bool = True,
                betas: Sequence[float] = (0.9, 0.99), eps: float = 1e-8, seed: int = 0, run=None,
-               explode: float = 1e3, patience: int = 10, desc: str = "meta-train SL2O") -> MetaHistory:
+               explode: float = 1e3, patience: int = 10, fused: bool = False,
+               desc: str = "meta-train SL2O") -> MetaHistory:
     """Meta-train ``rule`` in place by truncated back-propagation through time (Algorithm 1).
 
     Every epoch is one task: ``steps_per_task`` inner steps from ``problem.start()`` with a fresh
@@ -371,6 +378,7 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
         run: a :class:`~l2o_lib.results.Run`; a checkpoint is written after every epoch and an
             existing one is resumed.
         explode, patience: the :class:`~l2o_lib.meta.DivergenceGuard` settings.
+        fused: step the rule through :func:`~l2o_lib.fused.fused_rnnprop` (compiled on CUDA).
     """
     if not isinstance(rule, LSTMRule):
         raise ValueError(f"rule must be an LSTMRule, got {type(rule).__name__}")
@@ -410,7 +418,7 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
         bar.set_postfix(meta_loss=f"{history.meta_loss[-1]:.4g}", refresh=False)
         return ok
 
-    transform = rnnprop(rule, betas=betas, eps=eps, differentiable=True)
+    transform = rnnprop(rule, betas=betas, eps=eps, differentiable=True, fused=fused)
     for epoch in bar:
         generator = torch.Generator(device=device).manual_seed(seed + epoch)
         z = _run_task(problem, transform, generator, steps=steps_per_task, unroll=unroll, tasks=tasks_per_step,
