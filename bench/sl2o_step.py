@@ -3,16 +3,18 @@
 Both are the body of :func:`l2o_lib.training.train_flat`: ``loss_and_grad`` on the flat
 parameters, the transform's update (SL2O: projection, RNNprop features, the 392-weight LSTM on 40
 rows under ``no_grad``, lift; Momentum†: projection, momentum, lift) and ``theta + delta``.
-``ratio = momentum_s / ours_s``; issue 5's target is ``ours_s <= 1.1 x`` a Momentum† step
-(``ratio >= 0.91``), issue 10's ``<= 1.03 x``. The reference is the Momentum† step, the cheapest
-rule that can run in the same subspace. Target (issue 10): ``ours_vs_momentum_dagger <= 1.03``.
+The reference is the Momentum† step, the cheapest rule that can run in the same subspace:
+``ratio = momentum_s / ours_s``; issue 5's target is ``ours_vs_momentum_dagger <= 1.1``. Issue 10 bounds
+the step against a plain ``torch.optim.SGD`` step (momentum 0.9) of the module on the same batch, as the
+public code was timed: ``ours_vs_sgd <= 1.03``. That ratio also carries the flat-parameter path's cost
+(``functional_call`` over views of one vector; ``momentum_dagger_vs_sgd``).
 """
 
 import statistics
 
 import torch
 
-from l2o_lib.benchmark import target, time_per_call
+from l2o_lib.benchmark import target, time_per_call, torch_sgd_steps
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
 from l2o_lib.optim import momentum
@@ -22,7 +24,10 @@ from l2o_lib.subspace import dagger, random_subspace
 
 def targets(r: dict) -> list[dict]:
     """The issue's target, from the record's fields."""
-    return [target("SL2O meta-test step / Momentum† step", r["ours_vs_momentum_dagger"], 1.03)]
+    out = [target("SL2O meta-test step / Momentum† step", r["ours_vs_momentum_dagger"], 1.1)]
+    if "ours_vs_sgd" in r:  # records from before the torch.optim reference have only the first
+        out.append(target("SL2O meta-test step / torch.optim SGD step", r["ours_vs_sgd"], 1.03))
+    return out
 
 
 def run(*, quick: bool, device: str) -> dict:
@@ -46,14 +51,18 @@ def run(*, quick: bool, device: str) -> dict:
         return step
 
     ours = stepper(sl2o(LSTMRule().to(device), space))
-    mom = stepper(dagger(momentum(lr=0.1, momentum=0.9), space))
+    fns = {"ours_s": ours, "reference_s": stepper(dagger(momentum(lr=0.1, momentum=0.9), space)),
+           "sgd_s": torch_sgd_steps(build_model("resnet20", (3, 32, 32), 10, seed=0).to(device), lambda: (x, y),
+                                    momentum=0.9)}
     repeat, rounds = (3, 3) if quick else (10, 5)
-    times = {"ours_s": [], "reference_s": []}
-    for fn in (ours, mom):
+    times = {k: [] for k in fns}
+    for fn in fns.values():
         time_per_call(fn, device=device, warmup=0, repeat=2)
-    for _ in range(rounds):
-        times["ours_s"].append(time_per_call(ours, device=device, warmup=0, repeat=repeat))
-        times["reference_s"].append(time_per_call(mom, device=device, warmup=0, repeat=repeat))
+    for _ in range(rounds):  # alternating rounds: drift in the machine's load hits all three alike
+        for k, fn in fns.items():
+            times[k].append(time_per_call(fn, device=device, warmup=0, repeat=repeat))
     timing = {k: statistics.median(v) for k, v in times.items()}
-    out = {**timing, "ours_vs_momentum_dagger": timing["ours_s"] / timing["reference_s"], "batch": batch, "d": 40}
+    out = {**timing, "ours_vs_momentum_dagger": timing["ours_s"] / timing["reference_s"],
+           "ours_vs_sgd": timing["ours_s"] / timing["sgd_s"],
+           "momentum_dagger_vs_sgd": timing["reference_s"] / timing["sgd_s"], "batch": batch, "d": 40}
     return {**out, "targets": targets(out)}

@@ -30,7 +30,7 @@ from .config import check_int, resolve_device
 from .results import atomic_write_json, atomic_write_text
 from .runner import REPO_ROOT
 
-__all__ = ["BENCH_DIR", "RECORD_DIR", "synchronize", "time_per_call", "compare", "find_cases", "run_case",
+__all__ = ["BENCH_DIR", "RECORD_DIR", "synchronize", "time_per_call", "compare", "torch_sgd_steps", "find_cases", "run_case",
            "run_cases", "target", "check_targets", "evaluate_targets", "error_record", "load_records", "target_rows",
            "tally", "table", "write_table"]
 
@@ -74,6 +74,24 @@ def compare(ours: Callable[[], object], reference: Callable[[], object], *, devi
         t_ref.append(time_per_call(reference, device=device, warmup=0, repeat=repeat))
     o, r = statistics.median(t_ours), statistics.median(t_ref)
     return {"ours_s": o, "reference_s": r, "ratio": r / o}
+
+
+def torch_sgd_steps(module: torch.nn.Module, sample: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int = 1,
+                    **sgd_kwargs) -> Callable[[], None]:
+    """``fn()`` that takes ``steps`` plain ``torch.optim.SGD(**sgd_kwargs)`` steps of ``module`` (train
+    mode, cross-entropy) on batches from ``sample()``: the hand-designed step the issues' CPU targets
+    divide by ("a torch.optim SGD step of the same model and batch")."""
+    check_int("steps", steps)
+    module.train()
+    opt = torch.optim.SGD(module.parameters(), **{"lr": 0.1, **sgd_kwargs})
+
+    def fn() -> None:
+        for _ in range(steps):
+            x, y = sample()
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(module(x), y).backward()
+            opt.step()
+    return fn
 
 
 def find_cases(names: list[str] | tuple = (), directory: Path = BENCH_DIR) -> dict[str, Path]:

@@ -9,13 +9,18 @@ parameters. :class:`FlatModel` maps between that vector and the module:
   ``dict`` of tensors that a training step updates in place, exactly as ``nn.BatchNorm`` does;
 * ``batched_loss(thetas, batch)`` evaluates a stack ``thetas`` of shape ``(K, D)`` in one
   ``torch.func.vmap`` call (eval mode, so BatchNorm reads its running statistics and nothing is
-  written in place), chunked when memory asks for it.
+  written in place), chunked when memory asks for it;
+* ``loss_and_grad(theta, batch)`` without a graph to keep runs a private copy of the module whose
+  own leaf parameters receive ``theta`` (one copy of D numbers), because module autograd is faster
+  than ``functional_call`` over views of one vector: on 2 CPU cores a ResNet-20 step by about 3 %
+  and a small MLP's by about a third (measured, ``bench/momentum_step.py``).
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +33,13 @@ __all__ = ["FlatModel", "Batch"]
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class _Leaves(NamedTuple):
+    module: nn.Module            # a deep copy of the model whose own parameters receive theta
+    params: list[Tensor]         # its trainable parameters, in theta's order
+    ref: Tensor                  # the original module's first trainable parameter (device, dtype)
+    frozen: dict[str, Tensor]    # the original module's frozen parameters
 
 
 class FlatModel:
@@ -55,6 +67,7 @@ class FlatModel:
         self.numels = [p.numel() for _, p in named]
         self.dim = sum(self.numels)
         self.buffer_names = [n for n, _ in module.named_buffers()]
+        self._leaf_module: _Leaves | None = None  # loss_and_grad's private copy, made on first use
 
     # ------------------------------------------------------------------ layout
     def flatten(self) -> Tensor:
@@ -126,11 +139,47 @@ class FlatModel:
 
         ``create_graph=True`` keeps the graph for meta-gradients through the step.
         """
+        if not create_graph and not theta.requires_grad:
+            leaves = self._leaves(theta)
+            if leaves is not None:
+                return self._leaf_loss_and_grad(leaves, theta, batch, buffers, train)
         with torch.enable_grad():
             leaf = theta if theta.requires_grad else theta.detach().requires_grad_(True)
             loss = self.loss(leaf, batch, buffers, train=train)
             (g,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
         return (loss if create_graph else loss.detach()), g
+
+    def _leaves(self, theta: Tensor) -> _Leaves | None:
+        """The private copy of the module for ``loss_and_grad``, made again when the module moved to
+        another device or dtype; ``None`` when ``theta`` does not match the module."""
+        leaves = self._leaf_module
+        if leaves is None or leaves.params[0].device != leaves.ref.device or leaves.params[0].dtype != leaves.ref.dtype:
+            named = dict(self.module.named_parameters())
+            module = copy.deepcopy(self.module)
+            copied = dict(module.named_parameters())
+            leaves = self._leaf_module = _Leaves(module, [copied[n] for n in self.names], named[self.names[0]],
+                                                 {n: p for n, p in named.items() if not p.requires_grad})
+        if theta.device != leaves.ref.device or theta.dtype != leaves.ref.dtype:
+            return None
+        return leaves
+
+    def _leaf_loss_and_grad(self, leaves: _Leaves, theta: Tensor, batch: Batch, buffers: dict[str, Tensor] | None,
+                            train: bool) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            torch._foreach_copy_(leaves.params, [t.view(s) for t, s in zip(torch.split(theta, self.numels), self.shapes)])
+        # Buffers and frozen parameters are the caller's state / the original module's, so BatchNorm
+        # updates exactly what the functional path would update.
+        if buffers is None and self.buffer_names:
+            buffers = dict(self.module.named_buffers())
+        state = {**leaves.frozen, **buffers} if buffers else leaves.frozen
+        if leaves.module.training != train:
+            leaves.module.train(train)
+        x, y = batch
+        with torch.enable_grad():
+            out = functional_call(leaves.module, state, (x,), strict=False) if state else leaves.module(x)
+            loss = self.loss_fn(out, y)
+            grads = torch.autograd.grad(loss, leaves.params)
+        return loss.detach(), torch.cat([g.reshape(-1) for g in grads])
 
     def batched_apply(self, thetas: Tensor, x: Tensor, buffers: dict[str, Tensor] | None = None,
                       *, chunk_size: int | None = None) -> Tensor:

@@ -109,3 +109,51 @@ def test_batched_evaluate_of_one_row_equals_evaluate(batch):
     one = fm.batched_evaluate(theta[None], *batch)
     ref = fm.evaluate(theta, *batch)
     assert one["loss"].shape == (1,) and one["loss"][0].item() == pytest.approx(ref["loss"].item())
+
+
+def _functional(fm, theta, batch, buffers=None, train=True):
+    """The functional_call-over-views path, forced by a theta that requires grad."""
+    loss, g = fm.loss_and_grad(theta.clone().requires_grad_(True), batch, buffers, train=train)
+    return loss.detach(), g
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_leaf_path_equals_the_functional_path(batch, train):
+    fm = FlatModel(small_cnn())
+    theta = fm.flatten() + 0.01 * torch.randn(fm.dim, generator=torch.Generator().manual_seed(1))
+    before = fm.flatten()
+    buf_leaf, buf_func = fm.init_buffers(), fm.init_buffers()
+    for _ in range(3):
+        loss_a, g_a = fm.loss_and_grad(theta, batch, buf_leaf, train=train)
+        loss_b, g_b = _functional(fm, theta, batch, buf_func, train=train)
+        torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(g_a, g_b, rtol=1e-5, atol=1e-7)
+        theta = theta - 0.1 * g_a
+    for k in buf_leaf:  # BatchNorm statistics move in the caller's buffers, the same way
+        torch.testing.assert_close(buf_leaf[k], buf_func[k])
+    assert train == (not torch.equal(buf_leaf["1.running_mean"], fm.init_buffers()["1.running_mean"]))
+    assert torch.equal(fm.flatten(), before)  # the module's own weights are never written
+
+
+def test_leaf_path_updates_the_modules_own_buffers_when_none_are_given(batch):
+    fm_a, fm_b = FlatModel(small_cnn()), FlatModel(small_cnn())
+    theta = fm_a.flatten()
+    fm_a.loss_and_grad(theta, batch)
+    _functional(fm_b, theta, batch)
+    torch.testing.assert_close(fm_a.module[1].running_mean, fm_b.module[1].running_mean)
+    assert not torch.equal(fm_a.module[1].running_mean, torch.zeros(4))
+
+
+def test_leaf_path_follows_the_module_to_another_dtype_and_its_frozen_weights(batch):
+    fm = FlatModel(small_cnn())
+    fm.module[4].bias.requires_grad_(False)  # frozen after the layout was taken: read, not trained
+    fm = FlatModel(fm.module)
+    fm.loss_and_grad(fm.flatten(), batch)
+    with torch.no_grad():
+        fm.module[4].bias.add_(torch.arange(3.0))  # the next call sees the frozen weight's new value
+    torch.testing.assert_close(fm.loss_and_grad(fm.flatten(), batch)[0], _functional(fm, fm.flatten(), batch)[0])
+    fm.module.double()
+    x, y = batch
+    loss, g = fm.loss_and_grad(fm.flatten(), (x.double(), y))
+    assert g.dtype == torch.float64 and loss.dtype == torch.float64
+    torch.testing.assert_close(g, _functional(fm, fm.flatten(), (x.double(), y))[1])

@@ -274,3 +274,16 @@ def test_lora_coordinates_of_a_tiny_vit():
     h = train_flat(model, sl2o(LSTMRule(scale=0.1), space), BatchSampler(ArrayData(x, y), 16, seed=0), steps=5,
                    theta=p.theta0)
     assert torch.isfinite(torch.as_tensor(h.train_loss)).all()
+
+
+def test_problem_loss_and_grad_equals_autograd_through_the_lift(task):
+    p = problem(task, d=6)
+    z = p.start(1) + 0.1
+    batch = p.batches(torch.Generator().manual_seed(0), 1)
+    loss, g = p.loss_and_grad(z, batch)          # one task: the module-autograd path, then P g
+    leaf = z.clone().requires_grad_(True)
+    want_loss = p.losses(leaf, batch).sum()
+    (want,) = torch.autograd.grad(want_loss, leaf)
+    torch.testing.assert_close(loss, want_loss.detach())
+    torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-7)
+    assert g.shape == (1, 6) and not g.requires_grad
