@@ -23,6 +23,7 @@ Modules:
 ``subspace``       DLDR / random subspaces, ``dagger`` (any optimizer on coordinates); ``lora``
 ``pbfgs``          P-BFGS / P+-BFGS in a subspace, with an Armijo line search
 ``sl2o``           SL2O: coordinate-wise LSTM optimizer, truncated-BPTT meta-training
+``fused``          SL2O's RNNprop + LSTM step as one function for ``torch.compile``
 ``mlrsnet``        MLR-SNet LR-schedule LSTM, meta-train/test, HD baseline
 ``l3rs``           L3RS: learned per-layer mix of base optimizers, fine-tuning tasks; NES in ``meta``
 ``meta``           divergence guard and meta-checkpoints shared by the meta-trainers
