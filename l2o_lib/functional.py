@@ -12,8 +12,9 @@ parameters. :class:`FlatModel` maps between that vector and the module:
   written in place), chunked when memory asks for it;
 * ``loss_and_grad(theta, batch)`` without a graph to keep runs a private copy of the module whose
   own leaf parameters receive ``theta`` (one copy of D numbers), because module autograd is faster
-  than ``functional_call`` over views of one vector: on 2 CPU cores a ResNet-20 step by about 3 %
-  and a small MLP's by about a third (measured, ``bench/momentum_step.py``).
+  than ``functional_call`` over views of one vector (on 2 CPU cores a ResNet-20 step at batch 32
+  by about 3 %, an MLP on MNIST-1D at batch 128 by about a sixth; with it ``bench/momentum_step.py``
+  is at 0.99× ``torch.optim.SGD``).
 """
 
 from __future__ import annotations
@@ -153,7 +154,9 @@ class FlatModel:
         """The private copy of the module for ``loss_and_grad``, made again when the module moved to
         another device or dtype; ``None`` when ``theta`` does not match the module."""
         leaves = self._leaf_module
-        if leaves is None or leaves.params[0].device != leaves.ref.device or leaves.params[0].dtype != leaves.ref.dtype:
+        stale = leaves is None or (leaves.params[0].device, leaves.params[0].dtype) != (leaves.ref.device,
+                                                                                         leaves.ref.dtype)
+        if stale:
             named = dict(self.module.named_parameters())
             module = copy.deepcopy(self.module)
             copied = dict(module.named_parameters())
