@@ -13,10 +13,9 @@ d ≤ t - 1).
 """
 
 import torch
-import torch.nn.functional as F
 from sklearn.decomposition import PCA
 
-from l2o_lib.benchmark import compare, target, time_per_call
+from l2o_lib.benchmark import compare, target, time_per_call, torch_sgd_steps
 from l2o_lib.models import build_model, count_parameters
 from l2o_lib.subspace import dldr
 
@@ -51,14 +50,7 @@ def run(*, quick: bool, device: str) -> dict:
     # One SGD step of ResNet-20, batch 128, CIFAR-shaped data resident on the device.
     x = torch.randn(128, 3, 32, 32, generator=g).to(device)
     y = torch.randint(10, (128,), generator=g).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    def sgd_step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    sgd_step_s = time_per_call(sgd_step, device=device, warmup=1, repeat=3 if quick else 10)
+    sgd_step_s = time_per_call(torch_sgd_steps(model, lambda: (x, y)), device=device, warmup=1, repeat=3 if quick else 10)
     out = {**timing, "sgd_step_s": sgd_step_s, "ratio_vs_sgd_step": timing["ours_s"] / sgd_step_s,
            "checkpoints": t, "d": d, "parameters": D,
            "reference_solver": getattr(fitted["pca"], "_fit_svd_solver", "unknown")}

@@ -37,7 +37,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-from l2o_lib.benchmark import target, time_per_call
+from l2o_lib.benchmark import target, time_per_call, torch_sgd_steps
 from l2o_lib.data import ArrayData, BatchSampler
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
@@ -142,14 +142,7 @@ def run(*, quick: bool, device: str) -> dict:
         ref_evals.append(tries)
 
     # plain SGD, for scale
-    sgd_model = build_model("resnet20", (3, 32, 32), 10, seed=0).to(device).train()
-    opt = torch.optim.SGD(sgd_model.parameters(), lr=0.1)
-
-    def sgd():
-        xb, yb = batch_s
-        opt.zero_grad()
-        F.cross_entropy(sgd_model(xb), yb).backward()
-        opt.step()
+    sgd = torch_sgd_steps(build_model("resnet20", (3, 32, 32), 10, seed=0).to(device), lambda: batch_s)
 
     warmup, repeat, rounds = (1, 2, 2) if quick else (2, 5, 3)
     fns = {"ours_s": ours, "reference_s": reference, "sgd_s": sgd}

@@ -22,9 +22,8 @@ are the largest model's meta-step and SGD step. The numbers are a report, not a 
 import statistics
 
 import torch
-import torch.nn.functional as F
 
-from l2o_lib.benchmark import time_per_call
+from l2o_lib.benchmark import time_per_call, torch_sgd_steps
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
 from l2o_lib.sl2o import LSTMRule, Problem, _run_task, rnnprop
@@ -60,16 +59,8 @@ def _point(name: str, *, tasks: int, batch: int, unrolls: int, rounds: int, devi
     def ours():
         _run_task(problem, transform, gen, steps=steps, unroll=T, tasks=tasks, first_order=True, on_unroll=on_unroll)
 
-    sgd_model = build_model(name, shape, 10, seed=0).to(device).train()
-    opt = torch.optim.SGD(sgd_model.parameters(), lr=0.1)
-
-    def sgd():
-        for _ in range(steps):
-            xb, yb = problem.batches(gen, 1)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(sgd_model(xb[0]), yb[0]).backward()
-            opt.step()
-
+    sgd = torch_sgd_steps(build_model(name, shape, 10, seed=0).to(device),
+                          lambda: tuple(t[0] for t in problem.batches(gen, 1)), steps)
     fns = {"ours_s": ours, "sgd_s": sgd}
     times = {k: [] for k in fns}
     for fn in fns.values():

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from l2o_lib.benchmark import target, time_per_call
+from l2o_lib.benchmark import target, time_per_call, torch_sgd_steps
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
 from l2o_lib.sl2o import LSTMRule, Problem, _run_task, rnnprop
@@ -110,14 +110,8 @@ def run(*, quick: bool, device: str) -> dict:
                 params = {k: p.detach().requires_grad_(True) for k, p in params.items()}
                 carry = carry.detach()
 
-    sgd_model = build_model("resnet20", (3, 32, 32), 10, seed=0).to(device).train()
-    opt = torch.optim.SGD(sgd_model.parameters(), lr=0.1)
-
-    def sgd():
-        for xb, yb in (problem.batches(gen, 1) for _ in range(steps)):
-            opt.zero_grad()
-            F.cross_entropy(sgd_model(xb[0]), yb[0]).backward()
-            opt.step()
+    sgd = torch_sgd_steps(build_model("resnet20", (3, 32, 32), 10, seed=0).to(device),
+                          lambda: tuple(t[0] for t in problem.batches(gen, 1)), steps)
 
     # The targets' pair (ours, SGD) alternates in rounds of its own; the memory-hungry variants (the
     # reference style, second order, anomaly detection) run in separate rounds, since running them

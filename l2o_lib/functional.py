@@ -40,7 +40,7 @@ class _Leaves(NamedTuple):
     module: nn.Module            # a deep copy of the model whose own parameters receive theta
     params: list[Tensor]         # its trainable parameters, in theta's order
     ref: Tensor                  # the original module's first trainable parameter (device, dtype)
-    frozen: dict[str, Tensor]    # the original module's frozen parameters
+    frozen: dict[str, Tensor]    # the original module's parameters outside theta's layout
 
 
 class FlatModel:
@@ -138,7 +138,9 @@ class FlatModel:
                       *, create_graph: bool = False, train: bool = True) -> tuple[Tensor, Tensor]:
         """``(loss, d loss / d theta)``; the gradient is one flat tensor.
 
-        ``create_graph=True`` keeps the graph for meta-gradients through the step.
+        ``create_graph=True`` keeps the graph for meta-gradients through the step. Without it (and
+        for a ``theta`` that needs no gradient itself) the module's own autograd runs on a private
+        copy whose parameters receive ``theta`` (see the module docstring); same numbers.
         """
         if not create_graph and not theta.requires_grad:
             leaves = self._leaves(theta)
@@ -160,8 +162,10 @@ class FlatModel:
             named = dict(self.module.named_parameters())
             module = copy.deepcopy(self.module)
             copied = dict(module.named_parameters())
-            leaves = self._leaf_module = _Leaves(module, [copied[n] for n in self.names], named[self.names[0]],
-                                                 {n: p for n, p in named.items() if not p.requires_grad})
+            # the layout decides what is trained, whatever requires_grad says by now
+            leaves = self._leaf_module = _Leaves(module, [copied[n].requires_grad_(True) for n in self.names],
+                                                 named[self.names[0]],
+                                                 {n: p for n, p in named.items() if n not in self.names})
         if theta.device != leaves.ref.device or theta.dtype != leaves.ref.dtype:
             return None
         return leaves

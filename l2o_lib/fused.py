@@ -87,7 +87,8 @@ def fused_rnnprop(rule, *, betas: Sequence[float] = (0.9, 0.99), eps: float = 1e
     beta1, beta2 = check_betas(betas)
     check_positive("eps", eps)
     check_choice("compile", compile, COMPILE_MODES)
-    compiled = torch.compile(rnnprop_lstm_step, dynamic=None)
+    # torch.compile wraps lazily, but importing dynamo for it is not free: only when it may be used.
+    compiled = None if compile == "never" else torch.compile(rnnprop_lstm_step, dynamic=None)
 
     def init(theta: Tensor) -> RNNpropState:
         return RNNpropState(torch.zeros_like(theta), torch.zeros_like(theta), rule.init_carry(theta))

@@ -260,20 +260,24 @@ class Problem:
             return self.model.loss(thetas[0], (x[0], y[0]), train=True)[None]
         return vmap(lambda theta, xb, yb: self.model.loss(theta, (xb, yb), train=True))(thetas, x, y)
 
-    def loss_and_grad(self, z: Tensor, batches: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """The summed training loss of the ``k`` tasks at ``z`` and its gradient ``(k, dim)``, both
-        constants (first-order meta-training). One task in a linear subspace (or on every parameter)
-        takes :meth:`FlatModel.loss_and_grad` at ``lift(z)`` and the chain rule ``P g``: the module's
-        own autograd, as fast as a ``torch.optim`` step."""
-        if len(z) == 1 and not isinstance(self.space, LoRASpace):
+    def loss_and_grad(self, z: Tensor, batches: tuple[Tensor, Tensor], *,
+                      create_graph: bool = False) -> tuple[Tensor, Tensor]:
+        """The summed training loss of the ``k`` tasks at ``z`` and its gradient ``(k, dim)``.
+
+        ``create_graph=False`` (first-order meta-training) returns constants; then one task in a
+        linear subspace (or on every parameter) takes :meth:`FlatModel.loss_and_grad` at ``lift(z)``
+        and the chain rule ``P g``: the module's own autograd, as fast as a ``torch.optim`` step.
+        ``create_graph=True`` keeps the graph through ``z`` and the gradient (second order).
+        """
+        if not create_graph and len(z) == 1 and not isinstance(self.space, LoRASpace):
             x, y = batches
             loss, g = self.model.loss_and_grad(self.lift(z.detach()[0]), (x[0], y[0]), train=True)
             return loss, (g if self.space is None else self.space.project_grad(g))[None]
         with torch.enable_grad():
-            leaf = z.detach().requires_grad_(True)
+            leaf = z if create_graph and z.requires_grad else z.detach().requires_grad_(True)
             loss = self.losses(leaf, batches).sum()
-            (g,) = torch.autograd.grad(loss, leaf)
-        return loss.detach(), g
+            (g,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
+        return (loss if create_graph else loss.detach()), g
 
 
 @dataclass
@@ -316,13 +320,7 @@ def _run_task(problem: Problem, transform: Transform, generator: torch.Generator
     terms, values = [], []
     for k in range(steps + 1):
         batch = problem.batches(generator, tasks)
-        if first_order:
-            loss, g = problem.loss_and_grad(z, batch)
-        else:
-            with torch.enable_grad():
-                leaf = z if z.requires_grad else z.detach().requires_grad_(True)
-                loss = problem.losses(leaf, batch).sum()
-                (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+        loss, g = problem.loss_and_grad(z, batch, create_graph=not first_order)
         if k > 0:  # z_0 of an unroll does not depend on this unroll's weights
             terms.append((g.detach() * z).sum() if first_order else loss)
             values.append(loss.detach())

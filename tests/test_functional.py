@@ -157,3 +157,11 @@ def test_leaf_path_follows_the_module_to_another_dtype_and_its_frozen_weights(ba
     loss, g = fm.loss_and_grad(fm.flatten(), (x.double(), y))
     assert g.dtype == torch.float64 and loss.dtype == torch.float64
     torch.testing.assert_close(g, _functional(fm, fm.flatten(), (x.double(), y))[1])
+
+
+def test_leaf_path_trains_what_the_layout_holds_even_if_requires_grad_changed_since(batch):
+    fm = FlatModel(small_cnn())
+    fm.module[0].weight.requires_grad_(False)  # after the layout was taken: still part of theta
+    g = fm.loss_and_grad(fm.flatten(), batch)[1]
+    torch.testing.assert_close(g, _functional(fm, fm.flatten(), batch)[1])
+    assert g[: fm.numels[0]].abs().sum() > 0
