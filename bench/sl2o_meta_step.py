@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from l2o_lib.benchmark import target, time_per_call, torch_sgd_steps
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
-from l2o_lib.sl2o import LSTMRule, Problem, _run_task, rnnprop
+from l2o_lib.sl2o import LSTMRule, Problem, _descend, _run_task, rnnprop
 from l2o_lib.subspace import random_subspace
 
 D_SUB, T = 40, 10
@@ -59,11 +59,7 @@ def run(*, quick: bool, device: str) -> dict:
     transform = rnnprop(rule, differentiable=True)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def on_unroll(value, objective):
-        meta_opt.zero_grad(set_to_none=True)
-        objective.backward()
-        meta_opt.step()
-        return True
+    on_unroll = _descend(meta_opt)
 
     def ours(first_order=True):
         _run_task(problem, transform, gen, steps=steps, unroll=T, tasks=1, first_order=first_order,

@@ -341,6 +341,18 @@ def _run_task(problem: Problem, transform: Transform, generator: torch.Generator
     return z.detach()
 
 
+def _descend(optimizer: torch.optim.Optimizer) -> Callable[[Tensor, Tensor | None], bool]:
+    """An ``on_unroll`` for :func:`_run_task`: one ``optimizer`` step on every unroll's meta-gradient,
+    with no guard and no bookkeeping (what the benchmarks time; :func:`meta_train` adds both)."""
+    def on_unroll(value: Tensor, objective: Tensor | None) -> bool:
+        optimizer.zero_grad(set_to_none=True)
+        if objective is not None:
+            objective.backward()
+        optimizer.step()
+        return True
+    return on_unroll
+
+
 def meta_gradient(rule: LSTMRule, problem: Problem, *, steps: int = 2, first_order: bool = True, seed: int = 0,
                   tasks: int = 1, betas: Sequence[float] = (0.9, 0.99), eps: float = 1e-8) -> tuple[float, dict]:
     """Meta-loss and meta-gradient of one unroll of ``steps`` steps (no truncation inside).
