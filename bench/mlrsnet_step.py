@@ -90,26 +90,31 @@ def run(*, quick: bool, device: str) -> dict:
     # quick: 2 ms steps, noisy, more rounds; full: 0.75 s steps on a 2-core CPU, short loops
     repeat, rounds, parts_steps = (2, 7, 50) if quick else (1, 3, 20)
 
-    def baselines(steps):
-        return {"ref": lambda: train_flat(model, sgd, BatchSampler(train, 128, seed=0), steps=steps, theta=theta0),
-                "sgd": torch_sgd_steps(build_model(name, shape, 10, seed=0).to(device),
-                                       BatchSampler(train, 128, seed=0).sample, steps, momentum=0.9,
-                                       weight_decay=5e-4)}
+    def per_step(fn, steps):
+        return lambda: time_per_call(fn, device=device, warmup=0, repeat=repeat) / steps
 
-    def rounds_of(fns, steps):
-        times = {k: [] for k in fns}
-        for fn in fns.values():
-            fn()
+    def baselines(steps):
+        return {"ref": per_step(lambda: train_flat(model, sgd, BatchSampler(train, 128, seed=0), steps=steps,
+                                                   theta=theta0), steps),
+                "sgd": per_step(torch_sgd_steps(build_model(name, shape, 10, seed=0).to(device),
+                                                BatchSampler(train, 128, seed=0).sample, steps, momentum=0.9,
+                                                weight_decay=5e-4), steps)}
+
+    def rounds_of(measures):
+        """Each measurement's values over the rounds, after one untimed warm-up call of each."""
+        for measure in measures.values():
+            measure()
+        values = {k: [] for k in measures}
         for _ in range(rounds):  # alternating rounds: drift in the machine's load hits all alike
-            for k, fn in fns.items():
-                times[k].append(fn() if k == "parts" else time_per_call(fn, device=device, warmup=0, repeat=repeat) / steps)
-        return times
+            for k, measure in measures.items():
+                values[k].append(measure())
+        return values
 
     record = {"model": name, "parameters": model.dim, "batch_size": 128}
 
     # The cost model ours(T) = step_s + meta_update_s / T, measured on short loops (both modes).
-    fns = {"parts": lambda: _decomposed(model, train, val, theta0, steps=parts_steps), **baselines(parts_steps)}
-    times = rounds_of(fns, parts_steps)
+    times = rounds_of({"parts": lambda: _decomposed(model, train, val, theta0, steps=parts_steps),
+                       **baselines(parts_steps)})
     step_s = statistics.median(p[0] for p in times["parts"])
     meta_update_s = statistics.median(p[1] for p in times["parts"])
     r_parts, sgd_parts = statistics.median(times["ref"]), statistics.median(times["sgd"])
@@ -122,9 +127,9 @@ def run(*, quick: bool, device: str) -> dict:
         if quick:
             # Direct: whole runs of 3 · t_val steps, the meta-updates amortised by the loop itself.
             steps = 3 * t_val
-            fns = {"ours": lambda: meta_train(model, train, val, steps=steps, num_classes=10, t_val=t_val,
-                                              theta=theta0, desc=None), **baselines(steps)}
-            times = rounds_of(fns, steps)
+            times = rounds_of({"ours": per_step(lambda: meta_train(model, train, val, steps=steps, num_classes=10,
+                                                                   t_val=t_val, theta=theta0, desc=None), steps),
+                               **baselines(steps)})
             o, r, sgd_s = (statistics.median(times[k]) for k in ("ours", "ref", "sgd"))
             record[f"modelled_s{suffix}"] = modelled
         else:
@@ -138,10 +143,10 @@ def run(*, quick: bool, device: str) -> dict:
     schedule = TrainedSchedule([MLRSNet(seed=s).state_dict() for s in range(3)])
     steps = 200 if quick else 20
     f0 = torch.tensor([2.3], device=device)
-    fns = {"ours": lambda: train_population(model, train, mlrsnet_rule(schedule, total_steps=steps, num_classes=10, f0=f0),
-                                            thetas=theta0[None], steps=steps),
-           "ref": lambda: train_population(model, train, transform_rule(sgd), thetas=theta0[None], steps=steps)}
-    times = rounds_of(fns, steps)
+    rule = mlrsnet_rule(schedule, total_steps=steps, num_classes=10, f0=f0)
+    times = rounds_of({"ours": per_step(lambda: train_population(model, train, rule, thetas=theta0[None], steps=steps), steps),
+                       "ref": per_step(lambda: train_population(model, train, transform_rule(sgd), thetas=theta0[None],
+                                                                steps=steps), steps)})
     a, b = statistics.median(times["ours"]), statistics.median(times["ref"])
     record.update({"meta_test_s": a, "meta_test_reference_s": b, "meta_test_overhead": a / b})
     return {**record, "targets": targets(record)}

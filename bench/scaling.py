@@ -70,7 +70,7 @@ def _point(name: str, *, tasks: int, batch: int, unrolls: int, rounds: int, devi
         for k, fn in fns.items():
             times[k].append(time_per_call(fn, device=device, warmup=0, repeat=1) / steps)
     t = {k: statistics.median(v) for k, v in times.items()}
-    return {"model": name, "parameters": flat.dim, "tasks": tasks, "batch": batch, **t,
+    return {"model": name, "parameters": flat.dim, "tasks": tasks, "batch": batch, "rounds": rounds, **t,
             "ratio_vs_sgd": t["ours_s"] / t["sgd_s"], "per_task_vs_sgd": t["ours_s"] / (tasks * t["sgd_s"])}
 
 

@@ -154,3 +154,25 @@ def test_cli_bench_exits_nonzero_after_running_every_case(cases, tmp_path, monke
     assert cli.main(["bench", "fake", "--quick", "--device", "cpu", "--out", str(out)]) == 0
     assert cli.main(["bench", "nope", "--out", str(out)]) == 2
     assert cli.main(["bench", "fake", "--device", "tpu", "--out", str(out)]) == 2
+
+
+def test_mlrsnet_step_cost_model_recovers_planted_costs(monkeypatch):
+    # A meta_train whose loop clock is exactly steps · step_s + meta-updates · meta_update_s: the
+    # case's two-loop decomposition must give both back, and ours(T) = step_s + meta_update_s / T.
+    from types import SimpleNamespace
+
+    case = benchmark._load_case(benchmark.BENCH_DIR / "mlrsnet_step.py")
+    step_s, meta_update_s = 0.003, 0.05
+
+    def meta_train(*args, steps, t_val, **kwargs):
+        updates = len(range(0, steps, t_val))  # steps 0, t_val, 2 t_val, ... meta-update
+        return SimpleNamespace(history=SimpleNamespace(seconds=steps * step_s + updates * meta_update_s))
+
+    monkeypatch.setattr(case, "meta_train", meta_train)
+    for name in ("train_flat", "train_population"):
+        monkeypatch.setattr(case, name, lambda *a, **k: None)
+    monkeypatch.setattr(case, "torch_sgd_steps", lambda *a, **k: (lambda: None))
+    r = case.run(quick=False, device="cpu")
+    assert r["step_s"] == pytest.approx(step_s) and r["meta_update_s"] == pytest.approx(meta_update_s)
+    assert r["ours_s_tval300"] == pytest.approx(step_s + meta_update_s / 300)
+    assert r["method"].startswith("modelled") and len(r["targets"]) == 2
