@@ -19,15 +19,19 @@ floor:     the passes an iteration cannot avoid, timed alone in the same rounds:
            implementation of the paper's line search could reach at this many trials, ``ours_vs_floor``
            how far ours is from it.
 
-Every timed call of either P-BFGS variant is the *same* iteration: from a snapshot (parameters,
-``B``, previous projected gradient and step) taken after ``warm_iterations`` P-BFGS iterations
-from the initial weights, on the same batch, in the same subspace. Letting each variant run on
-would not compare like with like: on a noisy mini-batch problem BFGS is chaotic, the
-float32-vs-float64 rounding of the two ``B`` updates makes the trajectories part after a few
-steps, and their trial counts then differ. From one snapshot both do the same BFGS update and
-the same trials (``line_search_evals`` and ``reference_line_search_evals``, means per call).
-Restoring the snapshot costs ours nothing (the update is pure) and the reference one
-``vector_to_parameters`` copy (about a millisecond, inside its timing).
+Every timed call of either P-BFGS variant runs the *same* iterations: ``iterations`` consecutive
+iterations of one P-BFGS run (after ``warm_iterations`` from the initial weights), each from its
+snapshot (parameters, ``B``, previous projected gradient and step) on its own batch, in the same
+subspace; times are per iteration. Letting each variant run on would not compare like with like:
+on a noisy mini-batch problem BFGS is chaotic, the float32-vs-float64 rounding of the two ``B``
+updates makes the trajectories part after a few steps, and their trial counts then differ. From
+the same snapshots both do the same BFGS updates; their trials can still differ where a trial's
+loss sits at the Armijo bound and the curvature tests differ (``line_search_evals`` and
+``reference_line_search_evals``: means per iteration over the timed calls; ``line_search_evals_range``:
+the fewest and most of ours). Several snapshots, not one, because the trial count of a single
+iteration (1 to 4 here) would decide the ratio. Restoring a snapshot costs ours nothing (the update
+is pure) and the reference one ``vector_to_parameters`` of a copy (about a millisecond, inside its
+timing).
 
 Subspace: in quick mode a random 40-dimensional subspace (``random_subspace``), which is enough
 for timing: only the number of trials depends on it, and it is reported. In full mode the DLDR
@@ -80,23 +84,26 @@ def run(*, quick: bool, device: str) -> dict:
     sub = _subspace(flat, theta0, x, y, batch, quick, device)
     basis = sub.basis
 
-    # the snapshot every timed call starts from
+    # the snapshots the timed calls start from: iterations warm, ..., warm + n_snapshots - 1 of one run
     method = pbfgs(sub, c=C, beta=BETA, max_backtracks=MAX_TRIES)
     buffers = flat.init_buffers()
     scratch = {k: v.clone() for k, v in buffers.items()}
-    warm = 1 if quick else 10
-    theta_s, state_s = theta0, method.init(theta0)
-    for k in range(warm):
-        theta_s, state_s, _, _ = line_search_step(flat, method, theta_s, state_s, k, batches[k % len(batches)],
-                                                  buffers, scratch)
-    batch_s = batches[warm % len(batches)]
+    warm, n_snapshots = (1, 2) if quick else (10, 8)
+    theta, state, snapshots = theta0, method.init(theta0), []
+    for k in range(warm + n_snapshots):
+        batch_k = batches[k % len(batches)]
+        if k >= warm:
+            snapshots.append((theta, state, k, batch_k))
+        theta, state, _, _ = line_search_step(flat, method, theta, state, k, batch_k, buffers, scratch)
+    theta_s, _, _, batch_s = snapshots[0]
 
     # ours
     ours_evals = []
 
     def ours():
-        _, _, _, info = line_search_step(flat, method, theta_s, state_s, warm, batch_s, buffers, scratch)
-        ours_evals.append(info["evals"])
+        for theta_k, state_k, k, batch_k in snapshots:
+            _, _, _, info = line_search_step(flat, method, theta_k, state_k, k, batch_k, buffers, scratch)
+            ours_evals.append(info["evals"])
 
     # reference
     model = build_model("resnet20", (3, 32, 32), 10, seed=0).to(device).train()
@@ -113,8 +120,10 @@ def run(*, quick: bool, device: str) -> dict:
                 p.add_(direction[offset:offset + p.numel()].view_as(p), alpha=scale)
                 offset += p.numel()
 
-    def reference():
-        torch.nn.utils.vector_to_parameters(theta_s, params)  # restart from the snapshot
+    def reference_step(theta_s, state_s, batch_s):
+        # restart from the snapshot; a copy, since vector_to_parameters makes the parameters views of
+        # its argument and write() below would then move the snapshot itself
+        torch.nn.utils.vector_to_parameters(theta_s.clone(), params)
         B, g_last, s = state_s.B.float(), state_s.prev_gz.float(), state_s.prev_s.float()
         xb, yb = batch_s
         model.zero_grad()
@@ -146,6 +155,10 @@ def run(*, quick: bool, device: str) -> dict:
         write(direction, alpha)
         ref_evals.append(tries)
 
+    def reference():
+        for theta_k, state_k, _, batch_k in snapshots:
+            reference_step(theta_k, state_k, batch_k)
+
     # plain SGD, for scale
     sgd = torch_sgd_steps(build_model("resnet20", (3, 32, 32), 10, seed=0).to(device), lambda: batch_s)
 
@@ -158,17 +171,21 @@ def run(*, quick: bool, device: str) -> dict:
 
     passes = {"gradient_s": lambda: flat.loss_and_grad(theta_s, batch_s, grad_scratch), "forward_s": forward}
 
-    warmup, repeat, rounds = (1, 2, 2) if quick else (2, 5, 3)
-    fns = {"ours_s": ours, "reference_s": reference, "sgd_s": sgd, **passes}
+    # (function, calls per timing, iterations per call): a P-BFGS call runs every snapshot once
+    repeat, rounds = (2, 2) if quick else (5, 3)
+    fns = {"ours_s": (ours, 1, n_snapshots), "reference_s": (reference, 1, n_snapshots), "sgd_s": (sgd, repeat, 1),
+           **{k: (fn, repeat, 1) for k, fn in passes.items()}}
     times = {k: [] for k in fns}
     try:
         # benchmark.compare's alternating rounds, with SGD in the same rounds so that drift in the
-        # machine's load hits all three alike.
-        for fn in fns.values():
-            time_per_call(fn, device=device, warmup=0, repeat=warmup)
+        # machine's load hits all alike.
+        for fn, _, _ in fns.values():
+            fn()
+        ours_evals.clear()  # the trial counts of the timed calls only
+        ref_evals.clear()
         for _ in range(rounds):
-            for k, fn in fns.items():
-                times[k].append(time_per_call(fn, device=device, warmup=0, repeat=repeat))
+            for k, (fn, calls, per_call) in fns.items():
+                times[k].append(time_per_call(fn, device=device, warmup=0, repeat=calls) / per_call)
     finally:
         if os.path.exists(tmpfile):
             os.remove(tmpfile)
@@ -180,8 +197,9 @@ def run(*, quick: bool, device: str) -> dict:
     out = {**timing, "ratio_vs_sgd": timing["ours_s"] / timing["sgd_s"],
             "forward_vs_sgd": timing["forward_s"] / timing["sgd_s"], "floor_vs_sgd": floor / timing["sgd_s"],
             "ours_vs_floor": timing["ours_s"] / floor,
-            "line_search_evals": evals, "reference_line_search_evals": mean(ref_evals),
-            "warm_iterations": warm,
+            "line_search_evals": evals, "line_search_evals_range": [min(ours_evals), max(ours_evals)],
+            "reference_line_search_evals": mean(ref_evals),
+            "warm_iterations": warm, "iterations": n_snapshots,
             "model": "resnet20", "batch_size": batch, "parameters": flat.dim, "subspace_dim": D_SUB,
             "subspace": "random" if quick else "dldr(sgd 80 steps)", "method": "P-BFGS"}
     return {**out, "targets": targets(out)}
