@@ -8,11 +8,10 @@ model is a ResNet-20 (``quick``: batch 32; full: batch 128) in eval mode, as fin
 ``ratio = reference_s / ours_s`` (``>= 0.83`` meets the target); the record's target is ``ours_vs_adam <= 1.2``.
 """
 
-import statistics
 
 import torch
 
-from l2o_lib.benchmark import target, time_per_call
+from l2o_lib.benchmark import median_times, target
 from l2o_lib.functional import FlatModel
 from l2o_lib.l3rs import L3RSConfig, init_phi, l3rs
 from l2o_lib.models import build_model
@@ -50,13 +49,7 @@ def run(*, quick: bool, device: str) -> dict:
     ours = stepper(l3rs(phi, config, total_steps=steps, segments=flat.segments()), True)
     ref = stepper(adam(1e-3), False)
     repeat, rounds = (3, 3) if quick else (10, 5)
-    times = {"ours_s": [], "reference_s": []}
-    for fn in (ours, ref):
-        time_per_call(fn, device=device, warmup=0, repeat=2)
-    for _ in range(rounds):
-        times["ours_s"].append(time_per_call(ours, device=device, warmup=0, repeat=repeat))
-        times["reference_s"].append(time_per_call(ref, device=device, warmup=0, repeat=repeat))
-    timing = {k: statistics.median(v) for k, v in times.items()}
+    timing = median_times({"ours_s": ours, "reference_s": ref}, device=device, warmup=2, repeat=repeat, rounds=rounds)
     out = {**timing, "ours_vs_adam": timing["ours_s"] / timing["reference_s"], "batch": batch,
            "layers": config.n_layers, "params": flat.dim}
     return {**out, "targets": targets(out)}

@@ -35,7 +35,7 @@ import statistics
 
 import torch
 
-from l2o_lib.benchmark import target, time_per_call, torch_sgd_steps
+from l2o_lib.benchmark import alternate, target, time_per_call, torch_sgd_steps
 from l2o_lib.data import ArrayData, BatchSampler
 from l2o_lib.functional import FlatModel
 from l2o_lib.mlrsnet import TrainedSchedule, MLRSNet, meta_train, mlrsnet_rule
@@ -104,11 +104,7 @@ def run(*, quick: bool, device: str) -> dict:
         """Each measurement's values over the rounds, after one untimed warm-up call of each."""
         for measure in measures.values():
             measure()
-        values = {k: [] for k in measures}
-        for _ in range(rounds):  # alternating rounds: drift in the machine's load hits all alike
-            for k, measure in measures.items():
-                values[k].append(measure())
-        return values
+        return alternate(measures, rounds=rounds)
 
     record = {"model": name, "parameters": model.dim, "batch_size": 128}
 

@@ -9,12 +9,7 @@ vectorised over the batch). ``ratio = reference_s / ours_s``; the record's targe
 on a GPU.
 """
 
-import statistics
-import time
-
-import torch
-
-from l2o_lib.benchmark import target
+from l2o_lib.benchmark import median_times, target
 from l2o_lib.data import load_dataset
 from l2o_lib.l3rs import L3RSConfig, TaskFamily, init_phi, population_losses, pretrain_backbone
 from l2o_lib.meta import antithetic_noise, nes_members
@@ -37,21 +32,11 @@ def run(*, quick: bool, device: str) -> dict:
     task = family.sample("train", 0)
 
     def generation(vectorize):
-        def go():
-            population_losses(family.model, members, config, task, steps=steps, batch_size=64, vectorize=vectorize)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-        return go
+        return lambda: population_losses(family.model, members, config, task, steps=steps, batch_size=64,
+                                         vectorize=vectorize)
 
-    ours, ref = generation(True), generation(False)
-    ours()  # the first vmap call pays one-off set-up costs
-    ref()
-    times = {"ours_s": [], "reference_s": []}
-    for _ in range(1 if quick else 3):
-        for key, fn in (("ours_s", ours), ("reference_s", ref)):
-            start = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - start)
-    timing = {k: statistics.median(v) for k, v in times.items()}
+    # one warm-up call each: the first vmap call pays one-off set-up costs
+    timing = median_times({"ours_s": generation(True), "reference_s": generation(False)}, device=device,
+                          rounds=1 if quick else 3)
     out = {**timing, "population": 2 * pairs, "inner_steps": steps, "speedup_vmap": timing["reference_s"] / timing["ours_s"]}
     return {**out, "targets": targets(out)}

@@ -46,7 +46,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-from l2o_lib.benchmark import target, time_per_call, torch_sgd_steps
+from l2o_lib.benchmark import alternate, target, time_per_call, torch_sgd_steps
 from l2o_lib.data import ArrayData, BatchSampler
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
@@ -173,19 +173,17 @@ def run(*, quick: bool, device: str) -> dict:
 
     # (function, calls per timing, iterations per call): a P-BFGS call runs every snapshot once
     repeat, rounds = (2, 2) if quick else (5, 3)
-    fns = {"ours_s": (ours, 1, n_snapshots), "reference_s": (reference, 1, n_snapshots), "sgd_s": (sgd, repeat, 1),
-           **{k: (fn, repeat, 1) for k, fn in passes.items()}}
-    times = {k: [] for k in fns}
+    runs = {"ours_s": (ours, 1, n_snapshots), "reference_s": (reference, 1, n_snapshots), "sgd_s": (sgd, repeat, 1),
+            **{k: (fn, repeat, 1) for k, fn in passes.items()}}
+    measures = {k: (lambda fn=fn, calls=calls, per=per: time_per_call(fn, device=device, warmup=0, repeat=calls) / per)
+                for k, (fn, calls, per) in runs.items()}
     try:
-        # benchmark.compare's alternating rounds, with SGD in the same rounds so that drift in the
-        # machine's load hits all alike.
-        for fn, _, _ in fns.values():
+        for fn, _, _ in runs.values():
             fn()
         ours_evals.clear()  # the trial counts of the timed calls only
         ref_evals.clear()
-        for _ in range(rounds):
-            for k, (fn, calls, per_call) in fns.items():
-                times[k].append(time_per_call(fn, device=device, warmup=0, repeat=calls) / per_call)
+        # SGD and the passes in the same rounds as both variants: drift in the machine's load hits all alike
+        times = alternate(measures, rounds=rounds)
     finally:
         if os.path.exists(tmpfile):
             os.remove(tmpfile)

@@ -20,11 +20,10 @@ there). One unroll of each side warms up. The headline ``ours_s`` / ``reference_
 are the largest model's meta-step and SGD step. The numbers are a report, not a target.
 """
 
-import statistics
 
 import torch
 
-from l2o_lib.benchmark import time_per_call, torch_sgd_steps
+from l2o_lib.benchmark import median_times, torch_sgd_steps
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
 from l2o_lib.sl2o import LSTMRule, Problem, _descend, _run_task, rnnprop
@@ -63,13 +62,9 @@ def _point(name: str, *, tasks: int, batch: int, unrolls: int, rounds: int, devi
         return torch_sgd_steps(sgd_module, lambda: tuple(t[0] for t in problem.batches(gen, 1)), n)
 
     fns = {"ours_s": meta_steps(steps), "sgd_s": sgd_steps(steps)}
-    times = {k: [] for k in fns}
     for warm in (meta_steps(T), sgd_steps(T)):  # one unroll warms every code path; a whole call is not needed
-        time_per_call(warm, device=device, warmup=0, repeat=1)
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            times[k].append(time_per_call(fn, device=device, warmup=0, repeat=1) / steps)
-    t = {k: statistics.median(v) for k, v in times.items()}
+        warm()
+    t = median_times(fns, device=device, warmup=0, rounds=rounds, per=steps)
     return {"model": name, "parameters": flat.dim, "tasks": tasks, "batch": batch, "rounds": rounds, **t,
             "ratio_vs_sgd": t["ours_s"] / t["sgd_s"], "per_task_vs_sgd": t["ours_s"] / (tasks * t["sgd_s"])}
 

@@ -18,14 +18,13 @@ second order (a detail, no target): the same loop with ``first_order=False``, ba
 Targets: ``ratio_vs_sgd <= 1.1`` anywhere; on a GPU also ``ratio = reference_s / ours_s >= 10``.
 """
 
-import statistics
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from l2o_lib.benchmark import target, time_per_call, torch_sgd_steps
+from l2o_lib.benchmark import median_times, target, torch_sgd_steps
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
 from l2o_lib.sl2o import LSTMRule, Problem, _descend, _run_task, rnnprop
@@ -117,14 +116,9 @@ def run(*, quick: bool, device: str) -> dict:
     if not quick:
         groups[1]["reference_shipped_s"] = lambda: reference(anomaly=True)
     repeat, rounds = (1, 3) if quick else (2, 3)
-    times = {}
+    timing = {}
     for fns in groups:
-        for fn in fns.values():
-            time_per_call(fn, device=device, warmup=0, repeat=1)
-        for _ in range(rounds):
-            for k, fn in fns.items():
-                times.setdefault(k, []).append(time_per_call(fn, device=device, warmup=0, repeat=repeat) / steps)
-    timing = {k: statistics.median(v) for k, v in times.items()}
+        timing.update(median_times(fns, device=device, repeat=repeat, rounds=rounds, per=steps))
     out = {**timing, "ratio_vs_sgd": timing["ours_s"] / timing["sgd_s"],
            "reference_vs_sgd": timing["reference_s"] / timing["sgd_s"], "batch": batch, "unroll": T, "d": D_SUB,
            "second_order_vs_sgd": timing["second_order_s"] / timing["sgd_s"], "per": "inner step"}

@@ -10,11 +10,10 @@ public code was timed: ``ours_vs_sgd <= 1.03``. That ratio also carries the flat
 (``functional_call`` over views of one vector; ``momentum_dagger_vs_sgd``).
 """
 
-import statistics
 
 import torch
 
-from l2o_lib.benchmark import target, time_per_call, torch_sgd_steps
+from l2o_lib.benchmark import median_times, target, torch_sgd_steps
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
 from l2o_lib.optim import momentum
@@ -55,13 +54,7 @@ def run(*, quick: bool, device: str) -> dict:
            "sgd_s": torch_sgd_steps(build_model("resnet20", (3, 32, 32), 10, seed=0).to(device), lambda: (x, y),
                                     momentum=0.9)}
     repeat, rounds = (3, 3) if quick else (10, 5)
-    times = {k: [] for k in fns}
-    for fn in fns.values():
-        time_per_call(fn, device=device, warmup=0, repeat=2)
-    for _ in range(rounds):  # alternating rounds: drift in the machine's load hits all three alike
-        for k, fn in fns.items():
-            times[k].append(time_per_call(fn, device=device, warmup=0, repeat=repeat))
-    timing = {k: statistics.median(v) for k, v in times.items()}
+    timing = median_times(fns, device=device, warmup=2, repeat=repeat, rounds=rounds)
     out = {**timing, "ours_vs_momentum_dagger": timing["ours_s"] / timing["reference_s"],
            "ours_vs_sgd": timing["ours_s"] / timing["sgd_s"],
            "momentum_dagger_vs_sgd": timing["reference_s"] / timing["sgd_s"], "batch": batch, "d": 40}

@@ -30,7 +30,7 @@ from .config import check_int, resolve_device
 from .results import atomic_write_json, atomic_write_text
 from .runner import REPO_ROOT
 
-__all__ = ["BENCH_DIR", "RECORD_DIR", "synchronize", "time_per_call", "compare", "torch_sgd_steps", "find_cases", "run_case",
+__all__ = ["BENCH_DIR", "RECORD_DIR", "synchronize", "time_per_call", "alternate", "median_times", "compare", "torch_sgd_steps", "find_cases", "run_case",
            "run_cases", "target", "check_targets", "evaluate_targets", "error_record", "load_records", "target_rows",
            "tally", "table", "write_table"]
 
@@ -60,20 +60,41 @@ def time_per_call(fn: Callable[[], object], *, device: str = "cpu", warmup: int 
     return (time.perf_counter() - start) / repeat
 
 
+def alternate(measures: Mapping[str, Callable[[], object]], *, rounds: int) -> dict[str, list]:
+    """Every measurement's values over ``rounds`` rounds, each round calling every measurement once
+    in turn, so that drift in the machine's load hits all alike (warm-up is the caller's)."""
+    check_int("rounds", rounds)
+    values = {k: [] for k in measures}
+    for _ in range(rounds):
+        for k, measure in measures.items():
+            values[k].append(measure())
+    return values
+
+
+def median_times(fns: Mapping[str, Callable[[], object]], *, device: str = "cpu", warmup: int = 1, repeat: int = 1,
+                 rounds: int = 3, per: int = 1) -> dict[str, float]:
+    """Median seconds per call of each of ``fns``, divided by ``per`` (e.g. the steps a call takes):
+    ``warmup`` untimed calls of each, then :func:`alternate` rounds of :func:`time_per_call`
+    (``repeat`` calls each)."""
+    check_int("warmup", warmup, minimum=0)
+    check_int("repeat", repeat)
+    check_int("rounds", rounds)
+    check_int("per", per)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = alternate({k: (lambda fn=fn: time_per_call(fn, device=device, warmup=0, repeat=repeat))
+                       for k, fn in fns.items()}, rounds=rounds)
+    return {k: statistics.median(v) / per for k, v in times.items()}
+
+
 def compare(ours: Callable[[], object], reference: Callable[[], object], *, device: str = "cpu",
             warmup: int = 2, repeat: int = 5, rounds: int = 3) -> dict[str, float]:
     """Time ``ours`` and ``reference`` in alternating rounds (so drift in machine load hits both)
     and return the median seconds per call of each plus ``ratio = reference / ours``."""
-    check_int("rounds", rounds)
-    for fn in (ours, reference):
-        for _ in range(warmup):
-            fn()
-    t_ours, t_ref = [], []
-    for _ in range(rounds):
-        t_ours.append(time_per_call(ours, device=device, warmup=0, repeat=repeat))
-        t_ref.append(time_per_call(reference, device=device, warmup=0, repeat=repeat))
-    o, r = statistics.median(t_ours), statistics.median(t_ref)
-    return {"ours_s": o, "reference_s": r, "ratio": r / o}
+    t = median_times({"ours_s": ours, "reference_s": reference}, device=device, warmup=warmup, repeat=repeat,
+                     rounds=rounds)
+    return {**t, "ratio": t["reference_s"] / t["ours_s"]}
 
 
 def torch_sgd_steps(module: torch.nn.Module, sample: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int = 1,

@@ -71,7 +71,7 @@ from .optim import momentum as momentum_transform
 from .optim.base import Transform
 from .population import Rule, schedule_table, transform_rule
 from .results import Run, artifact_path, atomic_torch_save, find_artifact, resume_or_start
-from .training import History, progress
+from .training import History, _finish, progress
 
 __all__ = [
     "LRCarry", "gamma_bound", "mlrsnet_lr", "mlrsnet_lr_reference", "MLRSNet", "initial_loss",
@@ -457,15 +457,9 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
             evaluate(done)
         if run is not None and checkpoint_every is not None and (done % checkpoint_every == 0 or done == steps):
             checkpoint(done)
-    losses_np, lrs_np = losses.cpu().numpy(), lrs.cpu().numpy()  # on a GPU: waits for the queued steps
-    seconds = time.perf_counter() - clock
-
-    steps_arr = np.array([s for s, _ in evals], dtype=np.int64)
-    stacked = (torch.stack([torch.stack([e["loss"], e["accuracy"]]) for _, e in evals]).cpu().numpy()
-               if evals else np.zeros((0, 2)))
     events = events_before + [(e.step, e.reason, e.value) for e in guard.events]
-    history = History(losses_np, steps_arr, stacked[:, 0], stacked[:, 1], seconds, theta, extra={
-        "lr": lrs_np, "meta_steps": np.array(meta_steps, dtype=np.int64),
+    history = _finish(losses, evals, clock, theta, extra={
+        "lr": lrs.cpu().numpy(), "meta_steps": np.array(meta_steps, dtype=np.int64),
         "meta_loss": torch.stack(meta_losses).cpu().numpy() if meta_losses else np.zeros(0),
         "gamma": float(gamma), "f0": float(f0), "guard_events": events, "resumed_at": start})
     schedule = TrainedSchedule(kept, hidden=net.hidden, info={

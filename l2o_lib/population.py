@@ -205,6 +205,7 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
         losses[:, step], lrs[:, step] = loss.detach(), lr
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1)
+    train_loss, train_lr = losses.cpu().numpy(), lrs.cpu().numpy()  # on a GPU: waits for the queued steps
     seconds = time.perf_counter() - clock
     eval_steps = np.array([s for s, _ in evals], dtype=np.int64)
     if evals:
@@ -212,5 +213,5 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
         test_loss, test_acc = stacked[0], stacked[1]
     else:
         test_loss = test_acc = np.zeros((k, 0))
-    return PopulationHistory(losses.cpu().numpy(), lrs.cpu().numpy(), eval_steps, test_loss, test_acc, seconds,
+    return PopulationHistory(train_loss, train_lr, eval_steps, test_loss, test_acc, seconds,
                              thetas, extra={"buffers": buffers if model.buffer_names else None})

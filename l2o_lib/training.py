@@ -67,12 +67,16 @@ def progress(iterable, *, total: int | None = None, desc: str | None = None, **k
     return tqdm(iterable, total=total, desc=desc, disable=headless(), leave=False, **kwargs)
 
 
-def _finish(losses: Tensor, evals: list[tuple[int, dict]], seconds: float, theta=None) -> History:
-    # The single host synchronisation of the run.
-    steps = np.array([s for s, _ in evals], dtype=np.int64)
+def _finish(losses: Tensor, evals: list[tuple[int, dict]], start: float, theta=None,
+            extra: dict | None = None) -> History:
+    """The run's :class:`History`; the single host synchronisation of the run. The clock started at
+    ``start`` stops after the copies to the host, so on a GPU it includes the queued steps."""
+    train_loss = losses.cpu().numpy()
     stacked = torch.stack([torch.stack([e["loss"], e["accuracy"]]) for _, e in evals]).cpu().numpy() \
         if evals else np.zeros((0, 2))
-    return History(losses.cpu().numpy(), steps, stacked[:, 0], stacked[:, 1], seconds, theta)
+    seconds = time.perf_counter() - start
+    steps = np.array([s for s, _ in evals], dtype=np.int64)
+    return History(train_loss, steps, stacked[:, 0], stacked[:, 1], seconds, theta, extra=extra or {})
 
 
 def run_loop(model: FlatModel, step_fn: Callable[[Tensor, int, Batch], tuple[Tensor, Tensor]],
@@ -103,7 +107,7 @@ def run_loop(model: FlatModel, step_fn: Callable[[Tensor, int, Batch], tuple[Ten
             on_step(step + 1, theta)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1)
-    return _finish(losses, evals, time.perf_counter() - start, theta)
+    return _finish(losses, evals, start, theta)
 
 
 def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, steps: int,
@@ -182,7 +186,7 @@ def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: S
             on_step(step + 1, module)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1)
-    return _finish(losses, evals, time.perf_counter() - start)
+    return _finish(losses, evals, start)
 
 
 def mean_curve(histories: list[History], field: str = "train_loss") -> dict[str, np.ndarray]:

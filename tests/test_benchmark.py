@@ -176,3 +176,19 @@ def test_mlrsnet_step_cost_model_recovers_planted_costs(monkeypatch):
     assert r["step_s"] == pytest.approx(step_s) and r["meta_update_s"] == pytest.approx(meta_update_s)
     assert r["ours_s_tval300"] == pytest.approx(step_s + meta_update_s / 300)
     assert r["method"].startswith("modelled") and len(r["targets"]) == 2
+
+
+def test_alternate_interleaves_and_median_times_warms_up_and_divides():
+    calls = []
+    values = benchmark.alternate({"a": lambda: calls.append("a") or 1, "b": lambda: calls.append("b") or 2}, rounds=3)
+    assert calls == ["a", "b"] * 3 and values == {"a": [1, 1, 1], "b": [2, 2, 2]}
+    counts = {"a": 0}
+
+    def fn():
+        counts["a"] += 1
+
+    t = benchmark.median_times({"a": fn}, warmup=2, repeat=4, rounds=3, per=10)
+    assert counts["a"] == 2 + 4 * 3 and t["a"] >= 0
+    with pytest.raises(ValueError, match="rounds"):
+        benchmark.median_times({"a": fn}, rounds=0)
+    assert counts["a"] == 14  # rejected before any call
