@@ -231,3 +231,78 @@ def test_lamb_trust_ratio_is_per_segment():
     assert delta[4:].norm().item() == pytest.approx(0.1 * theta[4:].norm().item(), rel=1e-5)
     with pytest.raises(ValueError, match="segments"):
         lamb(segments=[4, 8]).update(g, tx.init(theta), theta, 0)
+
+
+class TwoHeads(nn.Module):
+    """A trunk with two heads; a loss that reads only some heads leaves the others with ``grad None``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh())
+        self.head_a = nn.Linear(32, 10)
+        self.head_b = nn.Linear(32, 10)
+
+    def forward(self, x, heads):
+        h = self.trunk(x)
+        return sum(getattr(self, f"head_{k}")(h) for k in heads)
+
+
+@pytest.mark.parametrize("name,ours,torch_cls,theirs", [twin for twin in TORCH_TWINS], ids=IDS)
+def test_adapter_leaves_parameters_without_grad_alone_like_torch_optim(digits, name, ours, torch_cls, theirs):
+    # head b is unused for 10 steps (weight decay and momentum must not move it, its step count must
+    # not advance), then used: its momentum buffer / bias correction start there, as in torch.optim.
+    x, y = digits[0].double(), digits[1]
+    ref, mine = TwoHeads().double(), TwoHeads().double()
+    opt_ref = torch_cls(ref.parameters(), **theirs, foreach=False)
+    opt_mine = FlatOptimizer(mine.parameters(), name, **ours)
+    start_b = mine.head_b.weight.detach().clone()
+    for step, (xb, yb) in enumerate(batches(x, y, 25)):
+        heads = "a" if step < 10 else "ab"
+        for model, opt in ((ref, opt_ref), (mine, opt_mine)):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb, heads), yb).backward()
+            opt.step()
+        if step == 9:
+            assert torch.equal(mine.head_b.weight, start_b), "a parameter without a gradient moved"
+        assert rel(flat_params(mine), flat_params(ref)) < 1e-9, f"step {step}"
+    assert not torch.equal(mine.head_b.weight, start_b)
+
+
+def test_adapter_state_dict_round_trip_keeps_per_parameter_steps(digits):
+    x, y = digits
+    model = TwoHeads()
+    opt = FlatOptimizer(model.parameters(), "adam", lr=1e-3)
+    for step, (xb, yb) in enumerate(batches(x, y, 6)):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(xb, "a" if step < 3 else "ab"), yb).backward()
+        opt.step()
+    clone = copy.deepcopy(model)
+    opt2 = FlatOptimizer(clone.parameters(), "adam", lr=1e-3)
+    opt2.load_state_dict(opt.state_dict())
+    for xb, yb in batches(x, y, 3):
+        for m, o in ((model, opt), (clone, opt2)):
+            o.zero_grad(set_to_none=True)
+            F.cross_entropy(m(xb, "ab"), yb).backward()
+            o.step()
+    assert torch.equal(flat_params(clone), flat_params(model))
+
+
+def test_adapter_with_a_subspace_rule_leaves_parameters_without_grad_alone(digits):
+    # Momentum† couples coordinates, so it cannot run on a subset: the unused head gets a zero
+    # gradient inside the rule but must still not move.
+    from l2o_lib.subspace import dagger, random_subspace
+
+    x, y = digits
+    model = TwoHeads()
+    dim = sum(p.numel() for p in model.parameters())
+    space = random_subspace(dim, 8, origin=flat_params(model), seed=0)
+    opt = FlatOptimizer(model.parameters(), lambda lr=0.1: dagger(momentum(lr=lr), space))
+    start_b = model.head_b.weight.detach().clone()
+    start_a = model.head_a.weight.detach().clone()
+    for xb, yb in batches(x, y, 5):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(xb, "a"), yb).backward()
+        opt.step()
+    assert torch.equal(model.head_b.weight, start_b)
+    assert not torch.equal(model.head_a.weight, start_a)

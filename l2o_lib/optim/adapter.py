@@ -30,8 +30,11 @@ class FlatOptimizer(torch.optim.Optimizer):
             ``(**hparams) -> Transform``.
         **hparams: the factory's keyword arguments; groups may override them.
 
-    A parameter whose ``.grad`` is ``None`` contributes a zero gradient, so the flat layout and
-    the optimizer state stay fixed across steps.
+    A parameter whose ``.grad`` is ``None`` is left alone exactly as ``torch.optim`` leaves it: its
+    value, its state and its step count do not change (no weight decay, no momentum), and steps are
+    counted per parameter. The flat state keeps the group's layout; a rule whose state is not one
+    entry per coordinate (a subspace rule, per-layer mixing) sees a zero gradient there instead,
+    and those parameters are still not moved.
     """
 
     def __init__(self, params: Iterable, transform: str | Callable[..., Transform], **hparams: Any):
@@ -68,25 +71,81 @@ class FlatOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for index, group in enumerate(self.param_groups):
             params = group["params"]
-            if not params or all(p.grad is None for p in params):
-                continue
-            tx = self._transform(group, params)
-            theta = torch.cat([p.reshape(-1) for p in params])
-            grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                              for p in params])
-            slot = self.state[params[0]]
-            if not slot:
-                template = tx.init(theta)
-                self._templates[index] = template
-                slot.update(step=0, flat=_to_dict(template))
-            elif index not in self._templates:  # after load_state_dict
-                self._templates[index] = tx.init(theta)
-            state = _from_dict(self._templates[index], slot["flat"])
-            delta, state = tx.update(grad, state, theta, slot["step"])
-            slot["flat"] = _to_dict(state)
-            slot["step"] += 1
-            torch._foreach_add_(params, [d.view_as(p) for d, p in zip(delta.split([p.numel() for p in params]), params)])
+            active = [p.grad is not None for p in params]
+            if any(active):
+                self._step_group(index, group, params, active)
         return loss
+
+    def _step_group(self, index: int, group: dict, params: list[Tensor], active: list[bool]) -> None:
+        slot = self.state[params[0]]
+        if not slot or index not in self._templates:  # first step, or after load_state_dict
+            self._templates[index] = self._transform(group, params).init(torch.cat([p.reshape(-1) for p in params]))
+        template = self._templates[index]
+        if not slot:
+            slot.update(step=0, flat=_to_dict(template))
+        # torch.optim counts steps per parameter: one that had no gradient for a while starts its
+        # bias correction / momentum buffer where it is, not where the group is.
+        counts = slot.setdefault("param_steps", [slot["step"]] * len(params))
+        if all(active) and len(set(counts)) == 1:
+            self._update(group, params, template, slot, list(range(len(params))), counts[0])
+        elif _coordinatewise(template, sum(p.numel() for p in params)):
+            for count in sorted({c for c, a in zip(counts, active) if a}):
+                chosen = [i for i, (c, a) in enumerate(zip(counts, active)) if a and c == count]
+                self._update(group, params, template, slot, chosen, count)
+        else:
+            # A rule that couples coordinates (a subspace, per-layer mixing) cannot run on a subset:
+            # it sees a zero gradient there, and those parameters are still left as they are.
+            self._update(group, params, template, slot, list(range(len(params))), slot["step"], active)
+        for i, a in enumerate(active):
+            counts[i] += int(a)
+        slot["step"] += 1
+
+    def _update(self, group: dict, params: list[Tensor], template: Any, slot: dict, chosen: list[int], step: int,
+                active: list[bool] | None = None) -> None:
+        """Run the transform on the parameters ``chosen`` (their state slices) at ``step``."""
+        subset = [params[i] for i in chosen]
+        tx = self._transform(group, subset)
+        theta = torch.cat([p.reshape(-1) for p in subset])
+        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in subset])
+        state = _from_dict(template, slot["flat"])
+        if len(chosen) == len(params):
+            delta, state = tx.update(grad, state, theta, step)
+        else:
+            index = _flat_index(params, chosen, theta.device)
+            delta, sub = tx.update(grad, _map_tensors(lambda t: t[index], state), theta, step)
+            state = _map_tensors(lambda t, s: t.index_copy(0, index, s), state, sub)
+        slot["flat"] = _to_dict(state)
+        deltas = delta.split([p.numel() for p in subset])
+        if active is not None:
+            subset, deltas = zip(*[(p, d) for p, d, a in zip(subset, deltas, active) if a])
+        torch._foreach_add_(list(subset), [d.view_as(p) for d, p in zip(deltas, subset)])
+
+
+def _flat_index(params: list[Tensor], chosen: list[int], device) -> Tensor:
+    """Positions of the ``chosen`` parameters' entries in the group's flat vector."""
+    starts = [0]
+    for p in params:
+        starts.append(starts[-1] + p.numel())
+    return torch.cat([torch.arange(starts[i], starts[i + 1], device=device) for i in chosen])
+
+
+def _tensor_leaves(state: Any) -> list[Any]:
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return [leaf for v in state for leaf in _tensor_leaves(v)]
+    return [state]
+
+
+def _coordinatewise(state: Any, dim: int) -> bool:
+    """Whether every leaf of ``state`` is a flat tensor of one entry per coordinate (then a subset
+    of the parameters can be updated on its own slice of the state)."""
+    return all(isinstance(t, Tensor) and t.dim() == 1 and t.numel() == dim for t in _tensor_leaves(state))
+
+
+def _map_tensors(fn: Callable[..., Tensor], state: Any, *others: Any) -> Any:
+    """``fn`` leaf by leaf over nested NamedTuples of the same structure."""
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return type(state)(*[_map_tensors(fn, *leaves) for leaves in zip(state, *others)])
+    return fn(state, *others)
 
 
 def _to_dict(state: Any) -> Any:
