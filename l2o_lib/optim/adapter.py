@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .base import Transform
+from .registry import get_factory
 
 __all__ = ["FlatOptimizer"]
 
@@ -38,8 +39,6 @@ class FlatOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, transform: str | Callable[..., Transform], **hparams: Any):
-        from . import get_factory  # the registry imports this module
-
         self._factory = get_factory(transform) if isinstance(transform, str) else transform
         if not callable(self._factory):
             raise ValueError(f"transform must be an optimizer name or a factory, got {transform!r}")
