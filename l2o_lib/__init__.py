@@ -14,6 +14,7 @@ Modules:
 ``functional``     ``FlatModel``: flat parameters, loss / grad, batched evaluation with vmap
 ``optim``          baselines, schedules, registry, ``torch.optim`` adapter
 ``training``       training loops for the functional core and for ``nn.Module`` + optimizer
+``finite``         ``NonFiniteError``: every trainer ends with finite weights or says where it broke
 ``metrics``        convergence step, steps-to-target, speed-ups, mean ± std tables
 ``results``        run directories, atomic writes, checkpoints and resume
 ``plots``          plotly figure builders and ``save`` (HTML + PNG)

@@ -4,7 +4,9 @@
     l2o list
     l2o bench [CASE ...] [--quick] [--device auto|cpu|cuda] [--out DIR]
 
-This is the only module that parses arguments or prints.
+This is the only module that parses arguments or prints. Bad input (an unknown notebook, a
+parameter a selected notebook does not declare or refuses, a ``--out`` that is a file) ends the
+command with ``error: <message>`` and exit status 2 before any notebook or bench case starts.
 """
 
 from __future__ import annotations
@@ -18,11 +20,25 @@ from .config import PROFILES
 __all__ = ["main"]
 
 
-def _parse_value(text: str):
-    """``-p lr 0.1`` → 0.1, ``-p dims [5,10]`` → [5, 10], anything else stays a string."""
+# A value starting like a number, a container or a quoted string is meant as a Python literal:
+# if it does not parse, it is a typo to report, not a string to pass on.
+_LITERAL_START = tuple("0123456789-+.([{'\"")
+
+
+def _parse_value(text: str, name: str = "value"):
+    """``-p lr 0.1`` → 0.1, ``-p dims [5,10]`` → [5, 10], ``-p device cuda:0`` → ``"cuda:0"``.
+
+    Text that starts like a literal (a digit, sign, bracket or quote) must be one: a malformed
+    ``{'SGD': 0.1`` raises ``ValueError`` naming ``name`` instead of reaching the notebook as a string.
+    """
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError) as exc:
+        if text.strip().startswith(_LITERAL_START):
+            why = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+            raise ValueError(f"{name}={text!r} is not a valid Python literal ({why}); write numbers, lists and "
+                             f"dicts as in Python, e.g. -p lrs \"{{'SGD': 0.1, 'Momentum': 0.05, 'Adam': 0.003}}\"") \
+                from None
         return text
 
 
@@ -43,33 +59,68 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _error(message: object) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _checked_run_inputs(args) -> tuple[list, dict]:
+    """The selected notebooks and the parsed ``-p`` parameters, every notebook's checked.
+
+    A ``-p`` name must be declared by every selected notebook (one it does not apply to is refused,
+    naming that notebook): pass a parameter only with the notebooks that take it. ``-p profile`` is
+    refused too: ``--profile`` chooses both the notebooks' scale and their ``runs/<profile>``.
+    Raises ``ValueError``.
+    """
+    from .runner import check_parameters, find_notebooks
+
+    paths = find_notebooks(args.notebooks)
+    if not paths:
+        raise ValueError("no notebooks found")
+    params = {}
+    for key, text in args.param or []:
+        if key == "profile":
+            raise ValueError(f"-p profile {text} is not allowed: choose the profile with --profile (it also picks "
+                             f"the run directory runs/<profile>)")
+        if key in params:
+            raise ValueError(f"parameter {key!r} is given twice with -p")
+        params[key] = _parse_value(text, key)
+    for path in paths:
+        check_parameters(path, profile=args.profile, parameters=params)
+    return paths, params
+
+
 def _cmd_run(args) -> int:
+    import time
+
     from tqdm import tqdm
 
-    from .runner import REPO_ROOT, collect_summaries, find_notebooks, run_notebooks
+    from .runner import REPO_ROOT, collect_summaries, run_notebooks
 
     try:
-        paths = find_notebooks(args.notebooks)
+        paths, params = _checked_run_inputs(args)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not paths:
-        print("error: no notebooks found", file=sys.stderr)
-        return 2
-    params = {k: _parse_value(v) for k, v in (args.param or [])}
+        return _error(exc)
+    started = time.time()
     bar = tqdm(total=len(paths), desc=f"notebooks ({args.profile})", unit="nb")
 
     def done(result):
         bar.update(1)
         status = "ok" if result.ok else "FAILED"
-        bar.write(f"{result.name:24s} {status:6s} {result.seconds:7.1f} s  -> {result.output}")
+        where = result.output if result.output.exists() else "(no executed notebook written)"
+        bar.write(f"{result.name:24s} {status:6s} {result.seconds:7.1f} s  -> {where}")
 
     results = run_notebooks(paths, profile=args.profile, parameters=params, jobs=args.jobs, on_done=done)
     bar.close()
     failed = [r for r in results if not r.ok]
     for r in failed:
-        print(f"\n=== {r.name} failed ===\n{r.error}\nexecuted notebook: {r.output}", file=sys.stderr)
-    table = collect_summaries(args.profile)
+        written = f"executed notebook: {r.output}" if r.output.exists() else \
+            f"the executed notebook was not written ({r.output} does not exist)"
+        print(f"\n=== {r.name} failed ===\n{r.error}\n{written}", file=sys.stderr)
+    table = collect_summaries(args.profile, root=REPO_ROOT / "runs", failed=[r.name for r in failed], since=started)
+    for status in table["status"] if not table.empty else ():
+        if status.startswith("UNREADABLE"):
+            print(f"warning: {status}", file=sys.stderr)
     if not table.empty:
         out = REPO_ROOT / "runs" / args.profile / "results.md"
         from .results import atomic_write_text
@@ -80,6 +131,18 @@ def _cmd_run(args) -> int:
     return 1 if failed else 0
 
 
+def _check_out_dir(out_dir):
+    """``out_dir`` if it is, or can become, a directory (its nearest existing ancestor is one);
+    ``ValueError`` otherwise, so a bench never runs only to fail writing its records."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory; give a directory for the records "
+                         f"and table.md (default: runs/bench)")
+    parent = next((p for p in out_dir.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {str(out_dir)!r} cannot be created: {str(parent)!r} is not a directory")
+    return out_dir
+
+
 def _cmd_bench(args) -> int:
     from pathlib import Path
 
@@ -88,15 +151,10 @@ def _cmd_bench(args) -> int:
 
     try:
         cases = benchmark.find_cases(args.cases, benchmark.BENCH_DIR)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
         device = resolve_device(args.device)
+        out_dir = _check_out_dir(Path(args.out) if args.out else benchmark.RECORD_DIR)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out_dir = Path(args.out) if args.out else benchmark.RECORD_DIR
+        return _error(exc)
 
     def done(rec):
         if "error" in rec:
@@ -122,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("notebooks", nargs="*", help="names or number prefixes (default: all)")
     run.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     run.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
-                     help="override a notebook parameter (Python literal or string)")
+                     help="override a notebook parameter (Python literal or string); every selected "
+                          "notebook must take it")
     run.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel")
     run.set_defaults(fn=_cmd_run)
 
@@ -139,10 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``l2o`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
     if getattr(args, "jobs", 1) < 1:
-        print("error: --jobs must be >= 1", file=sys.stderr)
-        return 2
+        return _error("--jobs must be >= 1")
     return args.fn(args)
 
 

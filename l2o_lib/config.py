@@ -25,6 +25,8 @@ __all__ = [
     "check_nonnegative",
     "check_probability",
     "check_int",
+    "check_seed",
+    "check_seeds",
     "headless",
 ]
 
@@ -75,6 +77,26 @@ def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def check_seed(name: str, value: Any) -> int:
+    """Require a seed: an integer >= 0 (``bool`` and ``0.5`` refused; generators would truncate or
+    reject them deep inside the work)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0 (a seed), got {value!r}")
+    return value
+
+
+def check_seeds(name: str, values: Any) -> list[int]:
+    """Require a non-empty sequence of seeds (see :func:`check_seed`); returns them as a list."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be a non-empty sequence of integers >= 0 (seeds), got {values!r}")
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} must be a non-empty sequence of integers >= 0 (seeds), got []")
+    for i, v in enumerate(values):
+        check_seed(f"{name}[{i}]", v)
+    return values
 
 
 def resolve_device(device: str | None = "auto") -> str:

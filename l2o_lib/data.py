@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import check_choice, check_int, check_positive, resolve_device
+from .config import check_choice, check_int, check_positive, check_seed, resolve_device
 
 __all__ = [
     "ArrayData",
@@ -429,7 +429,7 @@ def load_dataset(name: str, *, root: str | os.PathLike = "data", device: DeviceL
     """
     check_choice("dataset", name, DATASETS)
     spec = DATASETS[name]
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     if n_train is not None:
         check_int("n_train", n_train)
     if n_test is not None:
@@ -511,7 +511,7 @@ def random_quadratic(dim: int, *, cond: float = 10.0, seed: int = 0, device: Dev
     check_positive("cond", cond)
     if cond < 1:
         raise ValueError(f"cond must be >= 1, got {cond!r}")
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     g = torch.Generator().manual_seed(seed)
     q, r = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
@@ -582,7 +582,7 @@ def split_classes(num_classes: int, n_source: int, *, seed: int = 0) -> tuple[li
     check_int("n_source", n_source)
     if n_source >= num_classes:
         raise ValueError(f"n_source must be < num_classes={num_classes}, got {n_source}")
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     perm = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(perm[:n_source]), sorted(perm[n_source:])
 
@@ -613,7 +613,7 @@ class BatchSampler:
     def __init__(self, data: ArrayData, batch_size: int, *, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None):
         check_int("batch_size", batch_size)
-        check_int("seed", seed, minimum=0)
+        check_seed("seed", seed)
         if not isinstance(data, ArrayData):
             raise ValueError(f"data must be an ArrayData, got {type(data).__name__}")
         if len(data) == 0:
@@ -723,7 +723,7 @@ def make_cifar_folder(root: str | os.PathLike, *, n_train: int = 50, n_test: int
     check_choice("classes", classes, (10, 100))
     check_int("n_train", n_train)
     check_int("n_test", n_test)
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     name = "cifar10" if classes == 10 else "cifar100"
     folder_name, train_files, test_files, label_key, _ = _CIFAR_LAYOUT[name]
     folder = Path(root) / folder_name

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import check_int, check_positive
+from .config import check_int, check_positive, check_seed
 from .functional import FlatModel
 from .l3rs import L3RSConfig, feature_names, l3rs, policy, unpack_phi
 from .mlrsnet import MethodConfig, TrainedSchedule, compare_schedules
@@ -64,6 +64,7 @@ class Samples:
     def subsample(self, n: int, *, seed: int = 0) -> "Samples":
         """At most ``n`` rows, drawn without replacement by ``seed``."""
         check_int("n", n)
+        check_seed("seed", seed)
         if n >= len(self):
             return self
         keep = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))

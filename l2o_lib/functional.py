@@ -43,19 +43,36 @@ class _Leaves(NamedTuple):
     frozen: dict[str, Tensor]    # the original module's parameters outside theta's layout
 
 
+def _input_shape(module: nn.Module, input_shape) -> tuple[int, ...] | None:
+    """The shape of one example: ``input_shape`` when given (validated), else the module's own
+    ``input_shape`` attribute when it is a tuple of ints, else ``None`` (not checked)."""
+    given = input_shape is not None
+    shape = input_shape if given else getattr(module, "input_shape", None)
+    ok = isinstance(shape, (tuple, list, torch.Size)) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+    if given and not ok:
+        raise ValueError(f"input_shape must be a tuple of positive ints (no batch dim), got {input_shape!r}")
+    return tuple(shape) if ok else None
+
+
 class FlatModel:
     """Functional access to ``module`` through one flat parameter vector.
 
     Args:
         module: any ``nn.Module``; its trainable parameters define the layout of ``theta``.
         loss_fn: ``loss_fn(outputs, targets) -> scalar``; cross-entropy by default.
+        input_shape: the shape of one example, checked against every batch (default: the
+            module's own ``input_shape`` attribute, which every :func:`~l2o_lib.models.build_model`
+            architecture has; ``None`` when it has none: the width is then not checked).
 
     Attributes:
         dim: number of entries of ``theta``.
         names, shapes, numels: the layout, in ``module.named_parameters()`` order.
+        input_shape: the shape of one example, or ``None`` when unknown.
     """
 
-    def __init__(self, module: nn.Module, loss_fn: LossFn = F.cross_entropy):
+    def __init__(self, module: nn.Module, loss_fn: LossFn = F.cross_entropy, *,
+                 input_shape: tuple[int, ...] | None = None):
         if not isinstance(module, nn.Module):
             raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         self.module = module
@@ -63,6 +80,10 @@ class FlatModel:
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("module has no trainable parameters")
+        # The first trainable parameter carries the dtype and device theta and the data must have
+        # (module.to() changes a parameter's data in place, so this stays current).
+        self._ref = named[0][1]
+        self.input_shape = _input_shape(module, input_shape)
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
@@ -77,8 +98,9 @@ class FlatModel:
         return torch.cat([params[n].detach().reshape(-1) for n in self.names])
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
-        """Views of ``theta`` shaped like the module's parameters (no copy)."""
-        self.check_theta(theta)
+        """Views of ``theta`` shaped like the module's parameters (no copy). Only the size is
+        checked: the layout applies to any vector of ``dim`` entries (e.g. indices)."""
+        self._check_size(theta)
         return {n: t.view(s) for n, t, s in zip(self.names, torch.split(theta, self.numels), self.shapes)}
 
     def load(self, theta: Tensor) -> None:
@@ -92,14 +114,59 @@ class FlatModel:
         """Sizes of the per-tensor segments of ``theta`` (for layer-wise rules such as LAMB)."""
         return list(self.numels)
 
-    def check_theta(self, theta: Tensor, *, batched: bool = False) -> None:
-        """Raise ``ValueError`` unless ``theta`` has this model's size (``(K, D)`` if batched)."""
+    def check_theta(self, theta: Tensor, *, batched: bool = False, name: str = "theta") -> None:
+        """Raise ``ValueError`` unless ``theta`` has this model's size (``(K, D)`` if batched), and
+        the dtype and device of its parameters. Metadata only: never synchronises."""
+        self._check_size(theta, batched=batched, name=name)
+        ref = self._ref
+        if theta.dtype != ref.dtype or theta.device != ref.device:
+            raise ValueError(f"{name} has dtype {theta.dtype} on device {theta.device}; this model's parameters "
+                             f"have dtype {ref.dtype} on device {ref.device} (convert it with .to(), or the module)")
+
+    def _check_size(self, theta: Tensor, *, batched: bool = False, name: str = "theta") -> None:
         if not isinstance(theta, Tensor):
-            raise ValueError(f"theta must be a torch.Tensor, got {type(theta).__name__}")
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(theta).__name__}")
         want = f"(K, {self.dim})" if batched else f"({self.dim},)"
         ok = theta.dim() == (2 if batched else 1) and theta.shape[-1] == self.dim
         if not ok:
-            raise ValueError(f"theta has shape {tuple(theta.shape)}; this model needs {want}")
+            raise ValueError(f"{name} has shape {tuple(theta.shape)}; this model needs {want}")
+
+    def check_inputs(self, x: Tensor, *, name: str = "x") -> None:
+        """Raise ``ValueError`` unless ``x`` is a batch of inputs this model takes: shape
+        ``(N, *input_shape)`` (when known), the parameters' floating dtype and device. Metadata only."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of inputs, got {type(x).__name__}")
+        want = self.input_shape
+        if x.dim() == 0 or (want is not None and tuple(x.shape[1:]) != want):
+            shape = "(N, ...)" if want is None else f"(N, {', '.join(map(str, want))})"
+            raise ValueError(f"{name}: inputs x have shape {tuple(x.shape)}; this model takes {shape}")
+        ref = self._ref
+        if (x.is_floating_point() and x.dtype != ref.dtype) or x.device != ref.device:
+            raise ValueError(f"{name}: inputs x have dtype {x.dtype} on device {x.device}; this model's parameters "
+                             f"have dtype {ref.dtype} on device {ref.device}")
+
+    def check_data(self, x: Tensor, y: Tensor, *, name: str = "batch") -> None:
+        """Raise ``ValueError`` unless ``(x, y)`` is data this model can be trained on: inputs as
+        :meth:`check_inputs`, as many labels as inputs on the same device, and class indices of
+        dtype ``torch.long`` for cross-entropy. Metadata only: never synchronises."""
+        self.check_inputs(x, name=name)
+        if not isinstance(y, Tensor):
+            raise ValueError(f"{name}: labels y must be a torch.Tensor, got {type(y).__name__}")
+        if y.dim() == 0 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"{name}: x and y must hold the same number of examples, got shapes "
+                             f"{tuple(x.shape)} and {tuple(y.shape)}")
+        if y.device != x.device:
+            raise ValueError(f"{name}: labels y are on device {y.device}, inputs x on {x.device}")
+        if self.loss_fn is F.cross_entropy and (y.dtype not in (torch.long, torch.uint8)) and not (
+                y.is_floating_point() and y.dim() >= 2):  # floating (N, C) targets are class probabilities
+            raise ValueError(f"{name}: labels y have dtype {y.dtype}; cross-entropy needs integer class indices of "
+                             f"dtype torch.long (convert them with y.long())")
+
+    def check_batch(self, batch: Batch, *, name: str = "batch") -> None:
+        """:meth:`check_data` for a pair ``batch = (x, y)``."""
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(f"{name} must be a pair (x, y) of tensors, got {type(batch).__name__}")
+        self.check_data(*batch, name=name)
 
     def init_buffers(self) -> dict[str, Tensor]:
         """A private copy of the module's buffers (BatchNorm statistics) to carry as state."""
@@ -123,6 +190,11 @@ class FlatModel:
         In ``train`` mode BatchNorm uses batch statistics and updates ``buffers`` in place
         (pass ``init_buffers()`` state; ``None`` uses the module's own buffers).
         """
+        self.check_theta(theta)
+        self.check_inputs(x)
+        return self._apply(theta, x, buffers, train)
+
+    def _apply(self, theta: Tensor, x: Tensor, buffers: dict[str, Tensor] | None, train: bool) -> Tensor:
         params = self.unflatten(theta)
         state = params if buffers is None else {**params, **buffers}
         with self._mode(train):
@@ -131,8 +203,13 @@ class FlatModel:
     def loss(self, theta: Tensor, batch: Batch, buffers: dict[str, Tensor] | None = None,
              *, train: bool = True) -> Tensor:
         """Scalar training loss of ``theta`` on ``batch = (x, y)``."""
+        self.check_theta(theta)
+        self.check_batch(batch)
+        return self._loss(theta, batch, buffers, train)
+
+    def _loss(self, theta: Tensor, batch: Batch, buffers: dict[str, Tensor] | None, train: bool) -> Tensor:
         x, y = batch
-        return self.loss_fn(self.apply(theta, x, buffers, train=train), y)
+        return self.loss_fn(self._apply(theta, x, buffers, train), y)
 
     def loss_and_grad(self, theta: Tensor, batch: Batch, buffers: dict[str, Tensor] | None = None,
                       *, create_graph: bool = False, train: bool = True) -> tuple[Tensor, Tensor]:
@@ -142,13 +219,16 @@ class FlatModel:
         for a ``theta`` that needs no gradient itself) the module's own autograd runs on a private
         copy whose parameters receive ``theta`` (see the module docstring); same numbers.
         """
+        # Metadata checks only (no host synchronisation): this runs every training step.
+        self.check_theta(theta)
+        self.check_batch(batch)
         if not create_graph and not theta.requires_grad:
             leaves = self._leaves(theta)
             if leaves is not None:
                 return self._leaf_loss_and_grad(leaves, theta, batch, buffers, train)
         with torch.enable_grad():
             leaf = theta if theta.requires_grad else theta.detach().requires_grad_(True)
-            loss = self.loss(leaf, batch, buffers, train=train)
+            loss = self._loss(leaf, batch, buffers, train)
             (g,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
         return (loss if create_graph else loss.detach()), g
 
@@ -196,6 +276,7 @@ class FlatModel:
         ``chunk_size`` at a time when given (to bound memory).
         """
         self.check_theta(thetas, batched=True)
+        self.check_inputs(x)
         if chunk_size is not None:
             check_int("chunk_size", chunk_size)
         buffers = dict(self.module.named_buffers()) if buffers is None else buffers
@@ -209,6 +290,7 @@ class FlatModel:
     def batched_loss(self, thetas: Tensor, batch: Batch, buffers: dict[str, Tensor] | None = None,
                      *, chunk_size: int | None = None) -> Tensor:
         """Loss of every row of ``thetas`` on ``batch`` in one batched call: shape ``(K,)``."""
+        self.check_batch(batch)
         x, y = batch
         out = self.batched_apply(thetas, x, buffers, chunk_size=chunk_size)
         return vmap(lambda o: self.loss_fn(o, y))(out)
@@ -223,6 +305,7 @@ class FlatModel:
         """
         check_int("batch_size", batch_size)
         self.check_theta(thetas, batched=True)
+        self.check_data(x, y)
         if len(thetas) == 1:
             # One row gains nothing from vmap, whose batched-weight convolutions cost ~15-20 %
             # more than plain ones (ResNet-20 on the CPU, measured); same eval-mode result.
@@ -244,11 +327,13 @@ class FlatModel:
         Returns tensors (not floats) so a training loop can log them without a host sync.
         """
         check_int("batch_size", batch_size)
+        self.check_theta(theta)
+        self.check_data(x, y)
         total_loss = torch.zeros((), device=x.device)
         correct = torch.zeros((), device=x.device)
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            out = self.apply(theta, xb, buffers, train=False)
+            out = self._apply(theta, xb, buffers, False)
             total_loss += self.loss_fn(out, yb) * len(xb)
             correct += (out.argmax(-1) == yb).sum()
         return {"loss": total_loss / len(x), "accuracy": correct / len(x)}

@@ -74,13 +74,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from .config import check_choice, check_int, check_positive, check_probability
+from .config import check_choice, check_int, check_positive, check_probability, check_seed, check_seeds
 from .data import ArrayData, BatchSampler, Dataset, class_subset
+from .finite import check_on_nonfinite
 from .functional import FlatModel
 from .models import build_model
 from .optim import FlatOptimizer, Transform, adam, adamax, lamb, lion, segment_ids
 from .optim.baselines import AdamState, MomentumState
-from .results import artifact_path, atomic_torch_save, find_artifact
+from .results import artifact_path, atomic_torch_save, find_artifact, load_torch_file
 from .training import History, mean_train_loss, progress, run_loop
 
 __all__ = [
@@ -196,7 +197,7 @@ def init_phi(config: L3RSConfig, *, seed: int = 0, betas: Sequence[float] = (0.9
     mix of the bases at step ``base_lr``), ``N(0, 1)`` embeddings and Adam betas ``betas``."""
     if not isinstance(config, L3RSConfig):
         raise ValueError(f"config must be an L3RSConfig, got {type(config).__name__}")
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     g = torch.Generator().manual_seed(seed)
     parts = []
     for name, shape in config.layout():
@@ -511,6 +512,16 @@ class FinetuneTask:
     seed: int
 
 
+def _check_task(model: FlatModel, task: FinetuneTask) -> None:
+    """Refuse a task whose data or start the model cannot take (shapes, dtypes, devices: no sync)."""
+    if not isinstance(task, FinetuneTask):
+        raise ValueError(f"task must be a FinetuneTask, got {type(task).__name__}")
+    for name in ("train", "test"):
+        split = getattr(task, name)
+        model.check_data(split.x, split.y, name=f"task.{name}")
+    model.check_theta(task.theta0, name="task.theta0")
+
+
 def _loss_fn(model: FlatModel) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     module = model.module
 
@@ -543,6 +554,7 @@ def population_losses(model: FlatModel, phis: Tensor, config: L3RSConfig, task: 
     check_int("batch_size", batch_size)
     if chunk_size is not None:
         check_int("chunk_size", chunk_size)
+    _check_task(model, task)
     segments = _check_segments(model.segments(), config)
     device = task.theta0.device
     consts = _consts(config, segments, steps, device)
@@ -605,7 +617,8 @@ def population_fitness(model: FlatModel, phis: Tensor, config: L3RSConfig, tasks
 
 
 def finetune(model: FlatModel, transform: Transform, task: FinetuneTask, *, steps: int, batch_size: int = 64,
-             eval_every: int = 10, eval_on: str = "train", record: bool = False, desc: str | None = None) -> History:
+             eval_every: int = 10, eval_on: str = "train", record: bool = False, desc: str | None = None,
+             on_nonfinite: str = "raise") -> History:
     """One fine-tuning run of ``task`` with any transform (L3RS or a baseline), in eval mode.
 
     The loss is passed to transforms that take it (L3RS). Evaluated on the task's full
@@ -613,9 +626,13 @@ def finetune(model: FlatModel, transform: Transform, task: FinetuneTask, *, step
     ``eval_every`` steps; ``history.extra`` gets the final test loss / accuracy and, with
     ``record``, the per-step ``lam`` ``(T, L)`` and ``mu`` ``(T, L, P)`` of an L3RS state.
     The batch order depends on ``task.seed`` only, so every method sees the same batches.
+    ``on_nonfinite`` as in :func:`~l2o_lib.training.train_flat`: a run ending with NaN / inf
+    weights raises, or with ``"record"`` is kept with ``extra["nonfinite_step"]``.
     """
     check_int("steps", steps)
     check_choice("eval_on", eval_on, ("train", "test"))
+    check_on_nonfinite(on_nonfinite)
+    _check_task(model, task)
     sampler = BatchSampler(task.train, batch_size, seed=int(task.seed), drop_last=False)
     takes_loss = "loss" in inspect.signature(transform.update).parameters
     box = {"state": transform.init(task.theta0)}
@@ -637,7 +654,8 @@ def finetune(model: FlatModel, transform: Transform, task: FinetuneTask, *, step
     model.module.eval()
     try:
         hist = run_loop(model, step_fn, sampler, steps=steps, theta=task.theta0.detach().clone(), buffers={},
-                        eval_data=(split.x, split.y), eval_every=eval_every, desc=desc)
+                        eval_data=(split.x, split.y), eval_every=eval_every, desc=desc,
+                        on_nonfinite=on_nonfinite, what="fine-tuning")
         final = model.evaluate(hist.theta, task.test.x, task.test.y)
     finally:
         model.module.train(was)
@@ -674,7 +692,7 @@ def pretrain_backbone(model_name: str, data: Dataset, source_classes: Sequence[i
     check_int("steps", steps)
     check_positive("lr", lr)
     check_int("batch_size", batch_size)
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     source = class_subset(data, list(source_classes))
     key = json.dumps({"model": model_name, "data": data.name, "n": len(data.train), "classes": source.info["classes"],
                       "steps": steps, "lr": lr, "batch": batch_size, "seed": seed, "kw": model_kwargs or {}},
@@ -756,7 +774,7 @@ class TaskFamily:
     def sample(self, split: str, seed: int) -> FinetuneTask:
         """The task drawn by ``seed`` from the ``split`` pool (``"train"`` or ``"test"``)."""
         check_choice("split", split, ("train", "test"))
-        check_int("seed", seed, minimum=0)
+        check_seed("seed", seed)
         g = torch.Generator().manual_seed(seed * 2 + (split == "test"))
         pool = list(self.pools[split])
         classes = [pool[i] for i in torch.randperm(len(pool), generator=g)[: self.k].tolist()]
@@ -828,20 +846,23 @@ def tune_baselines(family: "TaskFamily", factories: dict[str, Callable[[float], 
     """Grid-search every baseline's LR on tasks ``seeds`` of ``split``.
 
     Score: the mean training loss over the run, averaged over the tasks (what L3RS is meta-trained
-    on, and :func:`l2o_lib.training.mean_train_loss`'s criterion; diverged runs score ``inf``).
+    on, and :func:`l2o_lib.training.mean_train_loss`'s criterion; diverged runs are recorded, not
+    raised, and score ``inf``).
     Tuning happens on meta-train tasks by default, so held-out tasks stay unseen by every method.
     (Like :func:`l2o_lib.training.tune_lr`, but averaged over tasks and in the frozen-BatchNorm
     mode of :func:`finetune`.) Returns ``{name: {"lr": best, "scores": {lr: score}}}``.
     """
-    if not lrs or not seeds:
-        raise ValueError("lrs and seeds must not be empty")
-    tasks = [family.sample(split, int(s)) for s in seeds]
+    if not lrs:
+        raise ValueError("lrs must not be empty")
+    check_seeds("seeds", seeds)
+    tasks = [family.sample(split, s) for s in seeds]
     out = {}
     for name, make in progress(list(factories.items()), desc=desc):
         scores = {}
         for lr in lrs:
             scores[float(lr)] = float(np.mean([mean_train_loss(finetune(family.model, make(lr), t, steps=steps,
-                                                                        batch_size=batch_size, eval_every=steps))
+                                                                        batch_size=batch_size, eval_every=steps,
+                                                                        on_nonfinite="record"))
                                                for t in tasks]))
         out[name] = {"lr": min(scores, key=scores.get), "scores": scores}
     return out
@@ -852,12 +873,15 @@ def compare_methods(family: "TaskFamily", methods: dict[str, Callable[[], Transf
                     record: Sequence[str] = (), desc: str | None = "meta-test") -> dict[str, list[History]]:
     """Fine-tune tasks ``seeds`` of ``split`` with every method (same batches for all); each
     history's test curve is the loss on the task's full training split every ``eval_every`` steps.
-    Methods named in ``record`` keep their per-step ``lam`` / ``mu``."""
-    if not methods or not seeds:
-        raise ValueError("methods and seeds must not be empty")
-    tasks = [family.sample(split, int(s)) for s in seeds]
+    Methods named in ``record`` keep their per-step ``lam`` / ``mu``. A method that diverges on a
+    task is a result: its history is kept with ``extra["nonfinite_step"]`` (its final loss counts
+    as ``inf`` in :func:`speedup_records`)."""
+    if not methods:
+        raise ValueError("methods must not be empty")
+    check_seeds("seeds", seeds)
+    tasks = [family.sample(split, s) for s in seeds]
     return {name: [finetune(family.model, make(), t, steps=steps, batch_size=batch_size, eval_every=eval_every,
-                            record=name in record) for t in tasks]
+                            record=name in record, on_nonfinite="record") for t in tasks]
             for name, make in progress(list(methods.items()), desc=desc)}
 
 
@@ -921,10 +945,12 @@ def trained_path(profile: str, root: str | os.PathLike = "runs") -> Path:
 
 def load_trained(profile_or_path: str | os.PathLike, *, root: str | os.PathLike = "runs",
                  map_location="cpu") -> Trained | None:
-    """The optimizer saved by notebook 05 under a profile or at a path; ``None`` when there is none."""
+    """The optimizer saved by notebook 05 under a profile or at a path; ``None`` when there is none.
+    A damaged file raises :class:`~l2o_lib.results.CorruptFileError` (a ``ValueError``) naming it."""
     path = find_artifact(profile_or_path, "05_l3rs", "l3rs.pt", root)
     if path is None:
         return None
-    blob = torch.load(path, map_location=map_location, weights_only=True)
+    blob = load_torch_file(path, map_location=map_location,
+                           fix="rerun notebook 05_l3rs to write it again, or delete it")
     cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in blob["config"].items()}
     return Trained(blob["phi"], L3RSConfig(**cfg), list(blob["layer_names"]), dict(blob.get("setup", {})))

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import check_int, check_nonnegative
+from .config import check_int, check_nonnegative, check_seed
 from .functional import FlatModel
 from .subspace import dldr
 
@@ -190,7 +190,7 @@ def filter_normalized_direction(model: FlatModel, theta: Tensor, *, seed: int = 
     """
     _check_model(model)
     _check_vector("theta", theta, model.dim)
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     g = torch.Generator().manual_seed(seed)
     return _filter_normalize(model, theta, _gaussian(g, theta), ignore_bias_and_bn)
 
@@ -248,7 +248,7 @@ def random_plane(model: FlatModel, theta: Tensor, seed: int = 0, *, ignore_bias_
     """
     _check_model(model)
     _check_vector("theta", theta, model.dim)
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     g = torch.Generator().manual_seed(seed)
     d1 = _filter_normalize(model, theta, _gaussian(g, theta), ignore_bias_and_bn)
     d2 = _filter_normalize(model, theta, _gaussian(g, theta), ignore_bias_and_bn)
@@ -391,6 +391,7 @@ def interpolate(model: FlatModel, theta_a: Tensor, theta_b: Tensor, batch_or_dat
     if chunk_size is not None:
         check_int("chunk_size", chunk_size)
     x, y = _xy(batch_or_data)
+    model.check_data(x, y, name="batch_or_data")
     a = theta_a.detach().to(x.device)
     b = theta_b.detach().to(device=x.device, dtype=a.dtype)
     alphas = _axis(-float(extend), 1.0 + float(extend), steps)
@@ -469,6 +470,7 @@ def grid(model: FlatModel, plane: Plane, x: Tensor, y: Tensor, *,
     if chunk_size is not None:
         check_int("chunk_size", chunk_size)
     x, y = _check_data(x, y)
+    model.check_data(x, y, name="x, y")
     plane = plane.to(device=x.device)
     alphas, betas = _axis(a0, a1, ra), _axis(b0, b1, rb)
     # Row-major ("ij") order: point k is (alphas[k // rb], betas[k % rb]).

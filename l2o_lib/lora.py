@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .config import check_int
+from .config import check_int, check_seed
 from .optim.base import Transform
 
 __all__ = ["LoRASpace", "LoRAState", "lora_space", "lora_dagger"]
@@ -62,6 +62,7 @@ class LoRASpace:
     """
 
     def __init__(self, origin: Tensor, targets: list[_LoRATarget], rank: int, alpha: float, seed: int = 0):
+        check_seed("seed", seed)
         if origin.dim() != 1:
             raise ValueError(f"origin must be (D,), got shape {tuple(origin.shape)}")
         self.origin = origin
@@ -177,7 +178,7 @@ def lora_space(model, *, rank: int = 16, targets: str | tuple[str, ...] | list[s
             ``(D,)``.
     """
     check_int("rank", rank)
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     if isinstance(targets, str):
         targets = (targets,)
     if not isinstance(targets, (tuple, list)) or not targets or not all(isinstance(t, str) and t for t in targets):

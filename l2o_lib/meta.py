@@ -21,9 +21,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .config import check_int, check_positive
+from .config import check_int, check_positive, check_seed
+from .finite import NonFiniteError, check_finite_data
 
-__all__ = ["GuardEvent", "DivergenceGuard", "meta_state", "load_meta_state"]
+__all__ = ["GuardEvent", "DivergenceGuard", "meta_state", "load_meta_state", "check_meta_kind", "check_not_past"]
 
 
 @dataclass
@@ -38,19 +39,21 @@ class GuardEvent:
 class DivergenceGuard:
     """Refuse and roll back meta-steps whose loss or gradient is not finite or explodes.
 
-    Call :meth:`check` after ``backward()`` and before ``optimizer.step()``. It costs one host
-    synchronisation per meta-step (a meta-step is a whole unroll, so this is cheap). A meta-step
-    is bad when the meta-loss or any meta-gradient is NaN/inf, or when the meta-loss exceeds
-    ``explode`` times the first accepted one. A bad step restores the parameters and optimizer
-    state saved at the last :meth:`commit`, clears the gradients, records a :class:`GuardEvent`
-    and returns ``False``; the caller should then restart its inner task, whose state came from
-    the bad trajectory.
+    Call :meth:`step` after ``backward()`` (or :meth:`check`, then :meth:`advance`, to change the
+    optimizer between them). It costs two host synchronisations per meta-step (a meta-step is a
+    whole unroll, so this is cheap). A meta-step is bad when the meta-loss or any meta-gradient is
+    NaN/inf, when the meta-loss exceeds ``explode`` times the first accepted one, or when the
+    optimizer's step itself leaves non-finite parameters (an overflow). A bad step restores the
+    parameters and optimizer state saved at the last :meth:`commit`, clears the gradients, records
+    a :class:`GuardEvent` and returns ``False``; the caller should then restart its inner task,
+    whose state came from the bad trajectory.
 
     Args:
         module: the learned optimizer (its parameters are checked and restored).
         optimizer: the meta-optimizer (its state is restored too).
         explode: ratio to the first accepted meta-loss that counts as an explosion.
-        patience: consecutive bad meta-steps tolerated before ``RuntimeError``.
+        patience: consecutive bad meta-steps tolerated before giving up with
+            :class:`~l2o_lib.finite.NonFiniteError` (the last one non-finite) or ``RuntimeError``.
     """
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, *,
@@ -65,12 +68,14 @@ class DivergenceGuard:
         self.patience = check_int("patience", patience)
         self.events: list[GuardEvent] = []
         self.reference: float | None = None
-        self._bad_in_a_row = 0
+        self._last_loss = math.nan
         self.commit()
 
     def commit(self) -> None:
-        """Remember the current parameters and optimizer state as the last good ones."""
+        """Remember the current parameters and optimizer state as the last good ones (which also
+        ends a streak of bad steps)."""
         self._good = (_clone(self.module.state_dict()), _clone(self.optimizer.state_dict()))
+        self._bad_in_a_row = 0
 
     def _reason(self, loss: float) -> str | None:
         if not math.isfinite(loss):
@@ -82,6 +87,20 @@ class DivergenceGuard:
             return f"meta-loss exploded (> {self.explode:g} x the first, {self.reference:.4g})"
         return None
 
+    def _refuse(self, step: int, reason: str, value: float) -> None:
+        """Record a bad step, restore the last committed state; give up after ``patience`` in a row."""
+        self.events.append(GuardEvent(int(step), reason, value))
+        self._bad_in_a_row += 1
+        params, opt = self._good
+        self.module.load_state_dict(params)
+        self.optimizer.load_state_dict(_clone(opt))
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._bad_in_a_row >= self.patience:
+            error = NonFiniteError if reason.startswith("non-finite") else RuntimeError
+            raise error(
+                f"meta-training diverged: {self._bad_in_a_row} bad meta-steps in a row (last at step {step}: "
+                f"{reason}); lower the meta learning rate or the learned optimizer's output scale")
+
     def check(self, step: int, meta_loss: Tensor | float) -> bool:
         """``True`` when the meta-step may go ahead; otherwise roll back and return ``False``."""
         loss = float(meta_loss)
@@ -89,27 +108,33 @@ class DivergenceGuard:
         if reason is None:
             if self.reference is None:
                 self.reference = loss
-            self._bad_in_a_row = 0
+            self._last_loss = loss
             return True
-        self.events.append(GuardEvent(int(step), reason, loss))
-        self._bad_in_a_row += 1
-        params, opt = self._good
-        self.module.load_state_dict(params)
-        self.optimizer.load_state_dict(_clone(opt))
-        self.optimizer.zero_grad(set_to_none=True)
-        if self._bad_in_a_row >= self.patience:
-            raise RuntimeError(
-                f"meta-training diverged: {self._bad_in_a_row} bad meta-steps in a row (last at step {step}: "
-                f"{reason}); lower the meta learning rate or the learned optimizer's output scale")
+        self._refuse(step, reason, loss)
+        return False
+
+    def advance(self, step: int) -> bool:
+        """``optimizer.step()`` after a passed :meth:`check`; ``commit`` when the parameters it
+        leaves are finite, otherwise (an overflowing update) roll back and return ``False``."""
+        self.optimizer.step()
+        params = list(self.module.parameters())
+        if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            self.commit()
+            return True
+        self._refuse(step, "non-finite meta-parameters after the update (it overflowed)", self._last_loss)
         return False
 
     def step(self, step: int, meta_loss: Tensor | float) -> bool:
-        """``check``, then ``optimizer.step()`` and ``commit`` when the step is good."""
-        ok = self.check(step, meta_loss)
-        if ok:
-            self.optimizer.step()
-            self.commit()
-        return ok
+        """:meth:`check`, then :meth:`advance` when the step is good."""
+        return self.check(step, meta_loss) and self.advance(step)
+
+
+def check_not_past(name: str, total: int, done: int) -> None:
+    """``ValueError`` when a resumed run already holds ``done`` > ``total`` (``name``) units: it
+    cannot be cut back, and returning the longer run would silently ignore ``total``."""
+    if done > total:
+        raise ValueError(f"{name}={total} is smaller than the {done} the run already holds (its newest checkpoint); "
+                         f"pass {name} >= {done} to continue it, or use a new run (or resume=False) to start over")
 
 
 def _clone(obj: Any) -> Any:
@@ -124,20 +149,57 @@ def _clone(obj: Any) -> Any:
     return obj
 
 
-def meta_state(module: nn.Module, optimizer: torch.optim.Optimizer, **extra: Any) -> dict:
-    """A checkpointable dict of a learned optimizer, its meta-optimizer and ``extra`` entries."""
-    return {"module": module.state_dict(), "optimizer": optimizer.state_dict(), **extra}
+def _check_kind(kind: Any) -> str | None:
+    if kind is not None and (not isinstance(kind, str) or not kind):
+        raise ValueError(f"kind must be a non-empty string or None, got {kind!r}")
+    return kind
 
 
-def load_meta_state(state: dict, module: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
-    """Load :func:`meta_state` output into ``module`` (and ``optimizer``); return the extras."""
+def meta_state(module: nn.Module, optimizer: torch.optim.Optimizer, *, kind: str | None = None,
+               **extra: Any) -> dict:
+    """A checkpointable dict of a learned optimizer, its meta-optimizer and ``extra`` entries.
+
+    ``kind`` names the trainer (``"sl2o"``, ``"mlrsnet"``, ``"nes"``) so that
+    :func:`load_meta_state` can refuse another trainer's checkpoint found in a run directory.
+    """
+    state = {"module": module.state_dict(), "optimizer": optimizer.state_dict(), **extra}
+    if _check_kind(kind) is not None:
+        state["kind"] = kind
+    return state
+
+
+def _found_kind(state: dict) -> str | None:
+    # MLR-SNet nests its meta_state under "meta" in a larger checkpoint.
+    nested = state.get("meta")
+    return state.get("kind", nested.get("kind") if isinstance(nested, dict) else None)
+
+
+def check_meta_kind(state: dict, kind: str | None) -> None:
+    """``ValueError`` when the checkpoint ``state`` was recorded by another trainer than ``kind``
+    (one without a kind, written before kinds were recorded, is accepted)."""
+    found = _found_kind(state) if isinstance(state, dict) else None
+    if _check_kind(kind) is not None and found is not None and found != kind:
+        raise ValueError(
+            f"the checkpoint was written by {found!r} meta-training, not {kind!r}: the run directory belongs to "
+            "another trainer; use another run name, or pass resume=False to delete that run and start over"
+        )
+
+
+def load_meta_state(state: dict, module: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                    kind: str | None = None) -> dict:
+    """Load :func:`meta_state` output into ``module`` (and ``optimizer``); return the extras.
+
+    With ``kind``, a checkpoint recorded with another kind raises ``ValueError`` before anything
+    is loaded; one without a kind (written before kinds were recorded) is accepted.
+    """
+    check_meta_kind(state, kind)
     missing = {"module", "optimizer"} - set(state)
     if missing:
         raise ValueError(f"not a meta-training checkpoint: missing {sorted(missing)}")
     module.load_state_dict(state["module"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
-    return {k: v for k, v in state.items() if k not in ("module", "optimizer")}
+    return {k: v for k, v in state.items() if k not in ("module", "optimizer", "kind")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +243,7 @@ def antithetic_noise(pairs: int, dim: int, *, seed: int, generation: int, device
     """``(pairs, dim)`` standard normal directions of one generation, a function of ``(seed, generation)``."""
     check_int("pairs", pairs)
     check_int("dim", dim)
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     check_int("generation", generation, minimum=0)
     # Drawn on the CPU so that a seed gives the same population on every device and process.
     g = torch.Generator().manual_seed((seed * 1_000_003 + generation) % (2**63 - 1))
@@ -274,7 +336,8 @@ def nes_train(phi0: Tensor, fitness_fn: Callable[[Tensor, int], Tensor], *, gene
             NaN / inf allowed: such members rank last). It should evaluate the members together
             (e.g. :func:`l2o_lib.l3rs.population_fitness`, one vmapped program) and draw the
             generation's tasks from ``generation`` so that all members (and processes) share them.
-        generations: number of generations (in total, counting those of a resumed run).
+        generations: number of generations (in total, counting those of a resumed run; fewer
+            than the run already holds raises ``ValueError``).
         pairs: antithetic pairs per generation (population ``2 * pairs``).
         sigma, lr: noise scale and meta step size, both multiplied by ``0.5 ** (t / halve_every)``.
         optimizer: ``"adam"`` or ``"sgd"`` on the (negated) estimate.
@@ -292,6 +355,7 @@ def nes_train(phi0: Tensor, fitness_fn: Callable[[Tensor, int], Tensor], *, gene
         raise ValueError(f"phi0 must be a flat tensor, got {getattr(phi0, 'shape', phi0)!r}")
     if not callable(fitness_fn):
         raise ValueError(f"fitness_fn must be callable, got {fitness_fn!r}")
+    check_finite_data("phi0", phi0)
     check_int("generations", generations)
     check_int("pairs", pairs)
     check_positive("sigma", sigma)
@@ -299,7 +363,7 @@ def nes_train(phi0: Tensor, fitness_fn: Callable[[Tensor, int], Tensor], *, gene
     check_int("halve_every", halve_every)
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer={optimizer!r} is not allowed; choose one of ['adam', 'sgd']")
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     check_int("checkpoint_every", checkpoint_every)
     rank, world, local_n = _shard(2 * pairs, distributed)
     holder = _Vector(phi0)
@@ -314,7 +378,9 @@ def nes_train(phi0: Tensor, fitness_fn: Callable[[Tensor, int], Tensor], *, gene
         latest = run.latest_checkpoint()
         if latest is not None:
             start, state = latest
-            extra = load_meta_state(state, holder, opt)
+            check_meta_kind(state, "nes")  # another trainer's checkpoint: say so before anything else
+            check_not_past("generations", generations, start)
+            extra = load_meta_state(state, holder, opt, kind="nes")
             history = {k: list(v) for k, v in extra["history"].items()}
             events = list(extra["events"])
             guard.reference = extra.get("reference")
@@ -324,8 +390,8 @@ def nes_train(phi0: Tensor, fitness_fn: Callable[[Tensor, int], Tensor], *, gene
 
     def checkpoint(done: int) -> None:
         if run is not None and rank == 0:
-            run.save_checkpoint(meta_state(holder, opt, history=history, events=events, reference=guard.reference),
-                                done)
+            run.save_checkpoint(meta_state(holder, opt, kind="nes", history=history, events=events,
+                                           reference=guard.reference), done)
 
     for t in progress(range(start, generations), desc=desc, initial=start, total=generations):
         clock = time.perf_counter()
@@ -346,9 +412,8 @@ def nes_train(phi0: Tensor, fitness_fn: Callable[[Tensor, int], Tensor], *, gene
         if accepted:
             for group in opt.param_groups:
                 group["lr"] = lr_t
-            opt.step()
-            guard.commit()
-        else:
+            accepted = guard.advance(t)
+        if not accepted:
             events.append({"generation": t, "reason": guard.events[-1].reason, "value": guard.events[-1].value})
         record = {"generation": t,
                   "fitness_mean": float(finite.mean()) if finite.numel() else math.nan,

@@ -63,15 +63,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import check_choice, check_int, check_nonnegative, check_positive, check_probability
+from .config import (check_choice, check_int, check_nonnegative, check_positive, check_probability, check_seed,
+                     check_seeds)
 from .data import ArrayData, BatchSampler, Dataset
+from .finite import NonFiniteError, check_finite_data
 from .functional import FlatModel
-from .meta import DivergenceGuard, load_meta_state, meta_state
+from .meta import DivergenceGuard, GuardEvent, check_meta_kind, check_not_past, load_meta_state, meta_state
 from .optim import momentum as momentum_transform
 from .optim.base import Transform
 from .population import Rule, schedule_table, transform_rule
-from .results import Run, artifact_path, atomic_torch_save, find_artifact, resume_or_start
-from .training import History, _finish, progress
+from .results import Run, artifact_path, atomic_torch_save, find_artifact, load_torch_file, resume_or_start
+from .training import History, _all_finite, _finish, progress
 
 __all__ = [
     "LRCarry", "gamma_bound", "mlrsnet_lr", "mlrsnet_lr_reference", "MLRSNet", "initial_loss",
@@ -190,7 +192,7 @@ class MLRSNet(nn.Module):
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) or not math.isfinite(forget_bias):
             raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
         if seed is not None:
-            check_int("seed", seed, minimum=0)
+            check_seed("seed", seed)
         self.hidden = hidden
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
@@ -235,7 +237,7 @@ def split_validation(data: ArrayData, n_val: int, *, seed: int = 0) -> tuple[Arr
     """A seeded split of ``data`` into ``(train, validation)`` with ``n_val`` validation examples
     (the paper holds out 1,000 CIFAR training images)."""
     check_int("n_val", n_val)
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     if not isinstance(data, ArrayData):
         raise ValueError(f"data must be an ArrayData, got {type(data).__name__}")
     if n_val >= len(data):
@@ -331,7 +333,12 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
             ``checkpoint_every`` steps and resume from its newest checkpoint.
         min_log: :func:`gamma_bound`'s guard.
         explode, patience: :class:`~l2o_lib.meta.DivergenceGuard` settings. A refused
-            meta-step also rolls the model back to its state at the last good meta-step.
+            meta-step also rolls the model back to its state at the last good meta-step. The
+            model itself is checked where the loop synchronises anyway (before each meta-step,
+            at checkpoints and at the end): a non-finite ``θ`` is rolled back to the last good
+            state (a guard event names the step where its loss first went non-finite), and
+            ``patience`` such rollbacks in a row raise :class:`~l2o_lib.finite.NonFiniteError`,
+            so the result never holds non-finite weights. Non-finite data is refused up front.
         desc: progress-bar label.
         fault: testing hook ``fault(step, meta_loss) -> meta_loss`` (e.g. inject a NaN).
 
@@ -343,6 +350,9 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
     for name, split in (("train", train), ("val", val)):
         if not isinstance(split, ArrayData):
             raise ValueError(f"{name} must be an ArrayData, got {type(split).__name__}")
+        model.check_data(split.x, split.y, name=name)
+    if eval_data is not None:
+        model.check_batch(eval_data, name="eval_data")
     check_int("steps", steps)
     check_int("num_classes", num_classes, minimum=2)
     check_int("t_val", t_val)
@@ -356,7 +366,7 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
     check_int("snapshots", snapshots)
     if snapshots > steps:
         raise ValueError(f"snapshots={snapshots} must not exceed steps={steps}")
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     check_int("eval_every", eval_every)
     check_positive("min_log", min_log)
     if checkpoint_every is not None:
@@ -365,10 +375,15 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
         raise ValueError(f"run must be a Run or None, got {type(run).__name__}")
     if net is not None and not isinstance(net, MLRSNet):
         raise ValueError(f"net must be an MLRSNet or None, got {type(net).__name__}")
+    check_finite_data("train.x (the training inputs)", train.x)
+    check_finite_data("val.x (the validation inputs)", val.x)
+    if eval_data is not None:
+        check_finite_data("eval_data[0] (the test inputs)", eval_data[0])
 
     device = train.x.device
     theta0 = model.flatten() if theta is None else theta.detach().clone()
     model.check_theta(theta0)
+    check_finite_data("theta", theta0)
     net = (MLRSNet(hidden, seed=seed) if net is None else net).to(device=device, dtype=theta0.dtype)
     meta_opt = torch.optim.Adam(net.parameters(), lr=meta_lr, weight_decay=meta_weight_decay)
     sampler = BatchSampler(train, batch_size, seed=seed)
@@ -386,7 +401,9 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
                 "val_rng": val_sampler.generator.get_state()}
 
     start, state = (0, fresh()) if run is None else resume_or_start(run, fresh, map_location=device)
-    load_meta_state(state["meta"], net, meta_opt)
+    check_meta_kind(state.get("meta", state), "mlrsnet")  # another trainer's checkpoint: say so before anything else
+    check_not_past("steps", steps, start)
+    load_meta_state(state.get("meta", state), net, meta_opt, kind="mlrsnet")  # a foreign checkpoint has no "meta"
     sampler.generator.set_state(state["rng"])
     val_sampler.generator.set_state(state["val_rng"])
     theta, buf, buffers = state["theta"].to(device), state["buf"].to(device), state["buffers"]
@@ -401,6 +418,38 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
     guard.reference = state["reference"]
     events_before = [tuple(e) for e in state["events"]]
     good = (theta.clone(), buf.clone(), carry, {k: v.clone() for k, v in buffers.items()})
+    good_step, inner_failures = start, 0
+    refused: set[int] = set()  # steps skipped after a refused meta-step: their loss stays NaN on purpose
+
+    def restore() -> None:
+        nonlocal theta, buf, carry
+        theta, buf, carry = good[0].clone(), good[1].clone(), good[2]
+        for k, v in good[3].items():
+            buffers[k].copy_(v)
+
+    def inner_ok(step: int) -> bool:
+        """At a sync point (a meta-step, a checkpoint, the end): is the model finite? If not, record
+        where its loss first went non-finite, roll it back to the last good state and return
+        ``False``; ``patience`` failed checks in a row raise :class:`NonFiniteError`."""
+        nonlocal inner_failures
+        if _all_finite([theta, buf]):
+            inner_failures = 0
+            return True
+        since = losses[good_step:step].cpu().numpy()
+        bad = [good_step + int(i) for i in np.flatnonzero(~np.isfinite(since)) if good_step + int(i) not in refused]
+        bad_at = bad[0] if bad else step - 1
+        value = float(since[bad_at - good_step]) if bad else float("nan")
+        guard.events.append(GuardEvent(bad_at, f"non-finite training loss: the model was rolled back to its state "
+                                               f"at step {good_step}", value))
+        inner_failures += 1
+        restore()
+        if inner_failures >= patience:
+            raise NonFiniteError(
+                f"MLR-SNet meta-training: the model's training loss went non-finite at step {bad_at} (0-based, of "
+                f"{steps}), {inner_failures} times in a row after rolling back to step {good_step}; check the data and "
+                "the model for NaN / inf, and lower momentum or meta_lr (the learned LR may be too large for this model)",
+                bad_at)
+        return False
 
     def evaluate(step: int) -> None:
         if eval_data is not None:
@@ -412,7 +461,7 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
             "theta": theta, "buf": buf, "carry": tuple(carry), "buffers": buffers, "f0": f0, "losses": losses,
             "lrs": lrs, "meta_steps": meta_steps, "meta_losses": meta_losses,
             "evals": [(s, e["loss"], e["accuracy"]) for s, e in evals], "snapshots": kept, "events": events,
-            "reference": guard.reference, "meta": meta_state(net, meta_opt),
+            "reference": guard.reference, "meta": meta_state(net, meta_opt, kind="mlrsnet"),
             "rng": sampler.generator.get_state(), "val_rng": val_sampler.generator.get_state()}, done)
 
     params = net.params()  # Adam and the guard's rollback write these tensors in place
@@ -427,6 +476,11 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
         direction = torch.add(g, buf, alpha=momentum) if momentum else g
         skip = False
         if step % t_val == 0:
+            if step > start and not inner_ok(step):
+                # θ went non-finite since the last check: recompute this step from the restored state.
+                loss, grad = model.loss_and_grad(theta, batch, buffers)
+                g = grad.add(theta, alpha=weight_decay) if weight_decay else grad
+                direction = torch.add(g, buf, alpha=momentum) if momentum else g
             meta_opt.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 meta_loss = lookahead_meta_loss(model, params, loss, carry, gamma, theta, direction,
@@ -436,13 +490,13 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
                 meta_loss.backward()
             if guard.step(step, meta_loss.detach()):
                 good = (theta.clone(), buf.clone(), carry, {k: v.clone() for k, v in buffers.items()})
+                good_step = step
                 meta_steps.append(step)
                 meta_losses.append(meta_loss.detach())
             else:
                 # The model state may itself be what went wrong: restart from the last good one.
-                theta, buf, carry = good[0].clone(), good[1].clone(), good[2]
-                for k, v in good[3].items():
-                    buffers[k].copy_(v)
+                restore()
+                refused.add(step)
                 skip = True
         if not skip:
             with torch.no_grad():
@@ -451,11 +505,18 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
             buf = direction
             losses[step], lrs[step] = loss, lr
         done = step + 1
+        at_checkpoint = run is not None and checkpoint_every is not None and (done % checkpoint_every == 0 or
+                                                                              done == steps)
+        # Nothing non-finite may be saved or returned: check at the checkpoints and the end (both
+        # synchronise anyway); a state that passes becomes the one to roll back to, as after a resume.
+        if (at_checkpoint or done == steps) and inner_ok(done):
+            good = (theta.clone(), buf.clone(), carry, {k: v.clone() for k, v in buffers.items()})
+            good_step = done
         if done in keep_at and len(kept) < keep_at.index(done) + 1:
             kept.append({k: v.detach().clone() for k, v in net.state_dict().items()})
         if done % eval_every == 0 or done == steps:
             evaluate(done)
-        if run is not None and checkpoint_every is not None and (done % checkpoint_every == 0 or done == steps):
+        if at_checkpoint:
             checkpoint(done)
     events = events_before + [(e.step, e.reason, e.value) for e in guard.events]
     history = _finish(losses, evals, clock, theta, extra={
@@ -550,11 +611,13 @@ def trained_path(profile: str, root: str | os.PathLike = "runs") -> Path:
 
 def load_trained(profile_or_path: str | os.PathLike, *, root: str | os.PathLike = "runs") -> TrainedSchedule | None:
     """The schedule saved by notebook 04 under a profile (``"ci"``, ``"quick"``, ``"paper"``) or at
-    a path; ``None`` when there is none yet (run notebook 04 first)."""
+    a path; ``None`` when there is none yet (run notebook 04 first). A damaged file raises
+    :class:`~l2o_lib.results.CorruptFileError` (a ``ValueError``) naming it."""
     path = find_artifact(profile_or_path, "04_mlrsnet", "mlrsnet.pt", root)
     if path is None:
         return None
-    return TrainedSchedule.from_state(torch.load(path, map_location="cpu", weights_only=True))
+    state = load_torch_file(path, fix="rerun notebook 04_mlrsnet to write it again, or delete it")
+    return TrainedSchedule.from_state(state)
 
 
 class MLRSNetScheduler:
@@ -705,7 +768,7 @@ def corrupt(data: Dataset, kind: str, severity: float, *, seed: int = 0, splits:
         raise ValueError(f"data must be a Dataset, got {type(data).__name__}")
     check_choice("kind", kind, ("noise", "blur", "contrast"))
     check_positive("severity", severity)
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     for s in splits:
         check_choice("splits", s, ("train", "test"))
     if kind == "blur":
@@ -873,8 +936,11 @@ class Comparison:
     """What :func:`compare_schedules` returns.
 
     Attributes:
-        records: one dict per run: ``method``, ``setting``, ``seed``, ``accuracy`` (final test),
-            ``loss`` (final test).
+        records: one dict per run: ``method``, ``setting``, ``seed``, ``accuracy`` and ``loss`` (final,
+            on the test split), ``val_accuracy`` and ``val_loss`` (final, on the validation split carved
+            from the training data; ``None`` without one), ``diverged_at`` (the step where the run's
+            training loss went NaN / inf, ``None`` when it stayed finite: a diverging setting of a
+            grid is a result, kept and marked).
         lr_curves: ``{(method, setting): (steps,) mean LR over seeds}``.
         accuracy_curves: ``{(method, setting): (eval_steps, mean accuracy)}``.
         history: the whole :class:`~l2o_lib.population.PopulationHistory`.
@@ -885,15 +951,27 @@ class Comparison:
     accuracy_curves: dict
     history: Any
 
-    def best(self, methods: Sequence[str] | None = None) -> dict[str, str]:
-        """``{method: setting}`` with the highest mean final accuracy (the tuned baselines)."""
+    def _validation_means(self, methods: Sequence[str] | None):
         import pandas as pd
 
         frame = pd.DataFrame(self.records)
         if methods is not None:
             frame = frame[frame["method"].isin(list(methods))]
-        means = frame.groupby(["method", "setting"], sort=False)["accuracy"].mean().reset_index()
-        return {m: part.loc[part["accuracy"].idxmax(), "setting"] for m, part in means.groupby("method", sort=False)}
+        if frame["val_accuracy"].isna().any():
+            raise ValueError("these runs have no validation split to tune on (pass n_val > 0 to compare_schedules); "
+                             "selecting on the test split would report a tuned-on-test number")
+        return frame.groupby(["method", "setting"], sort=False)["val_accuracy"].mean().reset_index()
+
+    def best(self, methods: Sequence[str] | None = None) -> dict[str, str]:
+        """``{method: setting}`` with the highest mean final **validation** accuracy (the tuned
+        baselines); the test split never takes part in the choice."""
+        means = self._validation_means(methods)
+        return {m: part.loc[part["val_accuracy"].idxmax(), "setting"] for m, part in means.groupby("method", sort=False)}
+
+    def top(self, methods: Sequence[str]) -> str:
+        """The method among ``methods`` whose best setting has the highest mean validation accuracy."""
+        means = self._validation_means(methods)
+        return str(means.loc[means["val_accuracy"].idxmax(), "method"])
 
     def tuned(self, methods: Sequence[str] | None = None) -> list[dict]:
         """The records of each method's best setting only (for mean ± std tables)."""
@@ -905,22 +983,25 @@ def compare_schedules(model_name: str, data: Dataset, configs: Sequence[MethodCo
                       steps: int, schedule: TrainedSchedule | None = None, batch_size: int = 128,
                       eval_every: int = 100, momentum: float = 0.9, weight_decay: float = 5e-4,
                       model_kwargs: dict | None = None, vectorize: bool | None = None,
-                      augment: Callable | None = None, batch_seed: int = 0, desc: str | None = None) -> Comparison:
+                      augment: Callable | None = None, batch_seed: int = 0, desc: str | None = None,
+                      n_val: int = 0) -> Comparison:
     """Train every ``config`` (and the transferred ``schedule``, as ``"MLR-SNet"``) once per seed
     on ``data`` with the architecture ``model_name``, all as one population (see
     :func:`~l2o_lib.population.train_population`). Seed ``s`` fixes the initialisation
     (``build_model(..., seed=s)``), shared by every method, so methods differ only in their LRs
-    and mini-batch draws."""
+    and mini-batch draws.
+
+    ``n_val`` training examples are held out (:func:`split_validation`, seeded by ``batch_seed``)
+    and every run is evaluated on them at the end: :meth:`Comparison.best` tunes on those, never
+    on the test split, which is only reported. ``n_val=0`` trains on the whole training split and
+    leaves nothing to tune on (for runs whose settings were chosen elsewhere)."""
     from .models import build_model
     from .population import mixed_rule, train_population
 
     if not isinstance(data, Dataset):
         raise ValueError(f"data must be a Dataset, got {type(data).__name__}")
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("seeds must not be empty")
-    for s in seeds:
-        check_int("seeds[i]", s, minimum=0)
+    seeds = check_seeds("seeds", seeds)
+    check_seed("batch_seed", batch_seed)
     configs = list(configs)
     if not configs and schedule is None:
         raise ValueError("nothing to compare: configs is empty and schedule is None")
@@ -930,6 +1011,8 @@ def compare_schedules(model_name: str, data: Dataset, configs: Sequence[MethodCo
     if schedule is not None and not isinstance(schedule, TrainedSchedule):
         raise ValueError(f"schedule must be a TrainedSchedule or None, got {type(schedule).__name__}")
     check_int("steps", steps)
+    check_int("n_val", n_val, minimum=0)
+    train, val = split_validation(data.train, n_val, seed=batch_seed) if n_val else (data.train, None)
     device = data.device
     kwargs = dict(model_kwargs or {})
     modules = [build_model(model_name, data.input_shape, data.num_classes, seed=s, **kwargs).to(device) for s in seeds]
@@ -939,21 +1022,37 @@ def compare_schedules(model_name: str, data: Dataset, configs: Sequence[MethodCo
     entries = [(c.method, c.setting) for c in configs]
     parts = [(n, c.make(n, steps, device)) for c in configs]
     if schedule is not None:
-        f0 = torch.stack([initial_loss(model, base[i], data.train) for i in range(n)])
+        f0 = torch.stack([initial_loss(model, base[i], train) for i in range(n)])
         parts.append((n, mlrsnet_rule(schedule, total_steps=steps, num_classes=data.num_classes, f0=f0,
                                       momentum=momentum, weight_decay=weight_decay)))
         entries.append(("MLR-SNet", "transferred"))
     thetas = base.repeat(len(parts), 1)
-    hist = train_population(model, data.train, mixed_rule(parts), thetas=thetas, steps=steps, batch_size=batch_size,
+    hist = train_population(model, train, mixed_rule(parts), thetas=thetas, steps=steps, batch_size=batch_size,
                             seed=batch_seed, eval_data=(data.test.x, data.test.y), eval_every=eval_every,
-                            vectorize=vectorize, augment=augment, desc=desc)
+                            vectorize=vectorize, augment=augment, desc=desc, on_nonfinite="record")
+    validation = _final_evaluation(model, hist, val) if val is not None else None
     records, lr_curves, acc_curves = [], {}, {}
     for j, (method, setting) in enumerate(entries):
         rows = slice(j * n, (j + 1) * n)
         for i, s in enumerate(seeds):
+            k = j * n + i
             records.append({"method": method, "setting": setting, "seed": s,
-                            "accuracy": float(hist.test_accuracy[j * n + i, -1]),
-                            "loss": float(hist.test_loss[j * n + i, -1])})
+                            "accuracy": float(hist.test_accuracy[k, -1]), "loss": float(hist.test_loss[k, -1]),
+                            "val_accuracy": None if validation is None else float(validation["accuracy"][k]),
+                            "val_loss": None if validation is None else float(validation["loss"][k]),
+                            "diverged_at": hist.extra["nonfinite_step"][k]})
         lr_curves[(method, setting)] = hist.lr[rows].mean(0)
         acc_curves[(method, setting)] = (hist.eval_steps, hist.test_accuracy[rows].mean(0))
     return Comparison(records, lr_curves, acc_curves, hist)
+
+
+def _final_evaluation(model: FlatModel, hist: Any, data: ArrayData) -> dict[str, np.ndarray]:
+    """Loss and accuracy of every final member of a population run on ``data``, as host arrays
+    (each member with its own BatchNorm statistics when the model has them)."""
+    buffers = hist.extra.get("buffers")
+    if buffers:
+        rows = [model.evaluate(theta, data.x, data.y, b) for theta, b in zip(hist.thetas, buffers)]
+        out = {key: torch.stack([r[key] for r in rows]) for key in ("loss", "accuracy")}
+    else:
+        out = model.batched_evaluate(hist.thetas, data.x, data.y)
+    return {key: value.cpu().numpy() for key, value in out.items()}

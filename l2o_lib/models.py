@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import check_choice, check_int, check_positive
+from .config import check_choice, check_int, check_positive, check_seed
 
 __all__ = [
     "MLP",
@@ -570,7 +570,7 @@ def build_model(
     _check_num_classes(num_classes)
     _check_input_shape(input_shape, (1, 2, 3), name)
     if seed is not None:
-        check_int("seed", seed, minimum=0)
+        check_seed("seed", seed)
     ctor = MODELS[name]
     options = list(inspect.signature(ctor).parameters)[2:]
     unknown = sorted(set(kwargs) - set(options))

@@ -67,10 +67,14 @@ from torch.func import functional_call, vmap
 from .config import check_int, check_nonnegative, check_probability
 from .functional import Batch, FlatModel
 from .subspace import Subspace
+from .finite import check_on_nonfinite
 from .training import History, Sampler, run_loop
 
 __all__ = ["PBFGSState", "LineSearchTransform", "pbfgs", "bfgs_update", "line_search_step",
            "batched_train_loss", "train_pbfgs", "PBFGS"]
+
+_HINT = ("lower alpha (the P⁺ learning rate) or use plain P-BFGS, and check the data and the loss function "
+         "for NaN / inf")
 
 LossFn = Callable[[Tensor], Tensor]
 LossManyFn = Callable[[Tensor], Tensor]
@@ -327,13 +331,17 @@ def line_search_step(model: FlatModel, method: LineSearchTransform, theta: Tenso
 def train_pbfgs(model: FlatModel, method: LineSearchTransform, sampler: Sampler, *, steps: int,
                 theta: Tensor | None = None, buffers: dict[str, Tensor] | None = None,
                 eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
-                desc: str | None = None, on_step: Callable[[int, Tensor], None] | None = None) -> History:
+                desc: str | None = None, on_step: Callable[[int, Tensor], None] | None = None,
+                on_nonfinite: str = "raise") -> History:
     """Train with P(⁺)-BFGS; the counterpart of :func:`~l2o_lib.training.train_flat`.
 
     Each step draws a batch, computes ``(loss, grad)`` with ``model.loss_and_grad`` and lets
     ``method`` search along its direction on that batch (see :func:`line_search_step` for the
     BatchNorm handling). Arguments are those of ``train_flat``; for the paper's setting pass
-    ``theta`` = the initial weights (the first DLDR checkpoint).
+    ``theta`` = the initial weights (the first DLDR checkpoint). A non-finite loss makes the line
+    search take no subspace step, but the P⁺ momentum part can still carry NaN into the weights:
+    such a run raises :class:`~l2o_lib.finite.NonFiniteError` (or, with ``on_nonfinite="record"``,
+    returns with ``extra["nonfinite_step"]``).
 
     Returns a :class:`~l2o_lib.training.History` whose ``extra`` holds ``alphas`` and
     ``line_search_evals`` (lists, one entry per step), ``skipped_updates`` and
@@ -342,6 +350,7 @@ def train_pbfgs(model: FlatModel, method: LineSearchTransform, sampler: Sampler,
     """
     check_int("steps", steps)
     check_int("eval_every", eval_every)
+    check_on_nonfinite(on_nonfinite)
     if not isinstance(method, LineSearchTransform):
         raise ValueError(f"method must be a LineSearchTransform (from pbfgs()), got {type(method).__name__}")
     theta = model.flatten() if theta is None else theta.detach().clone()
@@ -363,7 +372,8 @@ def train_pbfgs(model: FlatModel, method: LineSearchTransform, sampler: Sampler,
         return theta, loss
 
     history = run_loop(model, step_fn, sampler, steps=steps, theta=theta, buffers=buffers, eval_data=eval_data,
-                       eval_every=eval_every, desc=desc, on_step=on_step)
+                       eval_every=eval_every, desc=desc, on_step=on_step, on_nonfinite=on_nonfinite,
+                       what="P-BFGS training", hint=_HINT)
     history.extra.update(alphas=alphas, line_search_evals=counts, skipped_updates=tally["skipped"],
                          failed_line_searches=tally["failed"])
     return history

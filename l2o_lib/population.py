@@ -23,10 +23,12 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
-from .config import check_int
+from .config import check_int, check_seed
 from .data import ArrayData
+from .finite import LR_HINT, NonFiniteError, check_finite_data, check_on_nonfinite, divergence_step
 from .functional import FlatModel
 from .optim.base import Transform
+from .optim.schedules import schedule_values
 from .training import progress
 
 __all__ = ["Rule", "transform_rule", "schedule_table", "mixed_rule", "PopulationHistory", "train_population"]
@@ -73,8 +75,8 @@ def schedule_table(schedules: Sequence[Callable[[int], float]], steps: int, *, d
     check_int("steps", steps)
     if not schedules or not all(callable(s) for s in schedules):
         raise ValueError("schedules must be a non-empty list of callables step -> lr")
-    table = [[float(s(t)) for s in schedules] for t in range(steps)]
-    return torch.tensor(table, dtype=dtype, device=device)
+    columns = [schedule_values(s, steps, name=f"schedules[{i}]") for i, s in enumerate(schedules)]
+    return torch.tensor(columns, dtype=dtype, device=device).T.contiguous()
 
 
 def mixed_rule(parts: Sequence[tuple[int, Rule]]) -> Rule:
@@ -110,6 +112,8 @@ class PopulationHistory:
         train_loss, lr: ``(K, steps)`` mini-batch losses and the LRs the rule reported.
         eval_steps: ``(E,)``; test_loss, test_accuracy: ``(K, E)``.
         seconds: wall time of the loop; thetas: the final ``(K, D)`` parameters.
+        extra: ``buffers`` (BatchNorm state per run, or ``None``) and ``nonfinite_step``: per run,
+            the 0-based step where its loss first went NaN / inf, ``None`` for a run that stayed finite.
     """
 
     train_loss: np.ndarray
@@ -131,7 +135,7 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
                      batch_size: int = 128, seed: int = 0, eval_data: tuple[Tensor, Tensor] | None = None,
                      eval_every: int = 100, vectorize: bool | None = None,
                      augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-                     desc: str | None = None) -> PopulationHistory:
+                     desc: str | None = None, on_nonfinite: str = "raise") -> PopulationHistory:
     """Train ``K`` runs of one architecture together; nothing syncs with the host in the loop.
 
     Args:
@@ -147,6 +151,10 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
             under vmap are slower than a loop on the CPU, so pass ``False`` for them there).
         augment: ``augment(x, generator)`` applied to every run's batch (e.g. random crops).
         desc: progress-bar label.
+        on_nonfinite: ``"raise"``: a run whose weights end NaN / inf raises
+            :class:`~l2o_lib.finite.NonFiniteError` naming the run and the step its loss first went
+            non-finite; ``"record"``: keep it, with that step in ``extra["nonfinite_step"]`` (LR
+            grids, where a diverging setting is a result).
     """
     if not isinstance(model, FlatModel):
         raise ValueError(f"model must be a FlatModel, got {type(model).__name__}")
@@ -154,15 +162,21 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
         raise ValueError(f"rule must be a Rule, got {type(rule).__name__}")
     if not isinstance(data, ArrayData):
         raise ValueError(f"data must be an ArrayData, got {type(data).__name__}")
-    model.check_theta(thetas, batched=True)
+    model.check_theta(thetas, batched=True, name="thetas")
+    model.check_data(data.x, data.y, name="data")
+    if eval_data is not None:
+        model.check_batch(eval_data, name="eval_data")
     check_int("steps", steps)
     check_int("batch_size", batch_size)
     if batch_size > len(data):
         raise ValueError(f"batch_size={batch_size} exceeds the {len(data)} training examples")
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     check_int("eval_every", eval_every)
     if augment is not None and not callable(augment):
         raise ValueError(f"augment must be callable or None, got {augment!r}")
+    check_on_nonfinite(on_nonfinite)
+    check_finite_data("data.x (the training inputs)", data.x)
+    check_finite_data("thetas", thetas)
     k, device = thetas.shape[0], thetas.device
     if vectorize is None:
         vectorize = k > 1 and not model.buffer_names
@@ -207,6 +221,15 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
             evaluate(step + 1)
     train_loss, train_lr = losses.cpu().numpy(), lrs.cpu().numpy()  # on a GPU: waits for the queued steps
     seconds = time.perf_counter() - clock
+    finite = torch.isfinite(thetas).all(1).tolist()
+    diverged = [divergence_step(train_loss[i], finite[i]) for i in range(k)]
+    if on_nonfinite == "raise" and not all(finite):
+        run = finite.index(False)
+        raise NonFiniteError(
+            f"population training diverged: run {run} (of {k}) ended with non-finite weights, its training loss "
+            f"first non-finite at step {diverged[run]} (0-based, of {steps}); {sum(not f for f in finite)} run(s) "
+            f"diverged in all; {LR_HINT}; or pass on_nonfinite='record' to keep diverged runs (LR grids)",
+            diverged[run])
     eval_steps = np.array([s for s, _ in evals], dtype=np.int64)
     if evals:
         stacked = torch.stack([torch.stack([e["loss"], e["accuracy"]]) for _, e in evals], -1).cpu().numpy()
@@ -214,4 +237,5 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
     else:
         test_loss = test_acc = np.zeros((k, 0))
     return PopulationHistory(train_loss, train_lr, eval_steps, test_loss, test_acc, seconds,
-                             thetas, extra={"buffers": buffers if model.buffer_names else None})
+                             thetas, extra={"buffers": buffers if model.buffer_names else None,
+                                            "nonfinite_step": diverged})

@@ -229,6 +229,8 @@ def method_table(summaries: pd.DataFrame, bench: Mapping[str, Mapping], *, run_r
     rows = []
     for spec in methods:
         nb = summaries[summaries["notebook"] == spec.notebook] if "notebook" in summaries else pd.DataFrame()
+        if "method" in nb:  # rows without a method (an unreadable summary's, a failed run's) hold no numbers
+            nb = nb[nb["method"].notna()]
         sources = [f"{spec.notebook} summary.json"] if not nb.empty else []
         acc = _value(nb, spec.name, spec.accuracy)
         base = _baseline(nb, spec)

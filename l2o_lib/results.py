@@ -27,6 +27,12 @@ A training loop that survives being killed and restarted::
 Checkpoint ``step`` is the number of completed steps, so the loop resumes at
 ``range(step, ...)``; metrics logged at steps ``>= step`` by the killed run are discarded on
 resume because the loop logs them again.
+
+Damage done after the fact (a truncated copy, a full disk, a stray edit) is reported, not
+guessed around: an unreadable ``params.json`` is a ``ValueError`` naming it, and a damaged
+checkpoint is set aside as ``step_*.pt.corrupt`` with a warning while the run resumes from the
+newest intact one (see :meth:`Run.latest_checkpoint`). ``Run(resume=False)`` renames the old
+directory aside before deleting it, so a kill while clearing leaves either the old run or none.
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ import dataclasses
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
 import warnings
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -52,6 +60,8 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "atomic_torch_save",
+    "CorruptFileError",
+    "load_torch_file",
     "check_name",
     "to_jsonable",
     "Run",
@@ -65,6 +75,8 @@ __all__ = [
 _NEW_FILE_MODE = 0o644
 _CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
 _TMP_GLOB = ".*.tmp"  # what _atomic_open's temp files look like, for stale-file cleanup
+_CORRUPT_SUFFIX = ".corrupt"  # a damaged checkpoint set aside by Run.latest_checkpoint
+_DELETING_GLOB = ".*.deleting-*"  # a run directory renamed aside by Run._clear, being deleted
 
 
 def check_name(param: str, value: Any) -> str:
@@ -189,6 +201,53 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
+class CorruptFileError(ValueError):
+    """A file that exists but whose bytes are damaged (empty, truncated, overwritten).
+
+    The message names the file and what to do. A ``ValueError``, so callers that refuse bad
+    inputs need no extra ``except``.
+    """
+
+
+def _is_intact_zip(path: Path) -> bool:
+    # torch.save writes a zip archive: one that is empty, truncated or overwritten fails here,
+    # while a complete archive that torch refuses for another reason (weights_only, a CUDA
+    # map_location without CUDA) passes, so such errors are never mistaken for damage.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
+        return False
+
+
+def load_torch_file(path: str | os.PathLike, *, fix: str, map_location: Any = "cpu",
+                    weights_only: bool = True) -> Any:
+    """``torch.load(path)``; a damaged file raises :class:`CorruptFileError` naming it and ``fix``.
+
+    Args:
+        path: the file written by ``torch.save`` / :func:`atomic_torch_save`.
+        fix: what the user should do about a damaged file (ends the error message).
+        map_location, weights_only: passed to ``torch.load``.
+
+    A missing file raises ``FileNotFoundError``. Errors of an intact file (``weights_only``
+    refusing an object, a device that is not available) are not damage: they propagate
+    unchanged, with a note naming the file.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise  # not about the file's bytes (torch reports a truncated file as OSError too)
+    except Exception as err:
+        if _is_intact_zip(path):
+            err.add_note(f"while loading {path}")
+            raise
+        what = "empty" if path.stat().st_size == 0 else "not a complete torch file (truncated or overwritten)"
+        raise CorruptFileError(f"{path} is damaged: it is {what} ({type(err).__name__}); {fix}") from err
+
+
 # --------------------------------------------------------------------------- run directories
 
 
@@ -217,6 +276,54 @@ def _torch_version() -> str | None:
         return version("torch")
     except Exception:  # noqa: BLE001 - metadata missing or broken: the version is just unknown
         return None
+
+
+def _read_run_info(path: Path) -> dict:
+    """The content of a run's ``params.json`` at ``path``; ``ValueError`` naming it when unreadable."""
+    fix = "delete the run directory, or pass resume=False to start the run over"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {fix}") from err
+    if not isinstance(info, dict) or not isinstance(info.get("params"), dict):
+        raise ValueError(f"{path} does not hold a run's params (no 'params' object); {fix}")
+    return info
+
+
+def _remove_deleted_runs(root: Path) -> None:
+    # A run directory renamed aside by Run._clear whose deletion was killed: garbage by
+    # construction, so whoever opens a run in the same root finishes the job.
+    if root.is_dir():
+        for leftover in root.glob(_DELETING_GLOB):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _is_temp_file(path: Path) -> bool:
+    return path.is_file() and path.match(_TMP_GLOB)
+
+
+# What each subdirectory of a run may hold (besides temp files), for _holds_only_run_files.
+_RUN_SUBDIRS: dict[str, Callable[[str], bool]] = {
+    "checkpoints": lambda n: bool(_CHECKPOINT_RE.match(n.removesuffix(_CORRUPT_SUFFIX))),
+    "results": lambda n: n.endswith(".json"),
+}
+
+
+def _holds_only_run_files(directory: Path) -> bool:
+    """Whether ``directory`` holds nothing but what a :class:`Run` writes (so it may be deleted)."""
+    for entry in directory.iterdir():
+        if entry.is_symlink():
+            return False
+        if _is_temp_file(entry) or (entry.name in ("params.json", "metrics.jsonl") and entry.is_file()):
+            continue
+        allowed = _RUN_SUBDIRS.get(entry.name)
+        if allowed is None or not entry.is_dir():
+            return False
+        for item in entry.iterdir():
+            if not (_is_temp_file(item) or (item.is_file() and not item.is_symlink() and allowed(item.name))):
+                return False
+    return True
 
 
 def _describe_diff(old: Any, new: Any) -> str:
@@ -249,8 +356,16 @@ class Run:
             if they differ; ``params=None`` reopens whatever params are stored (for analysis).
             ``"auto"`` reopens a run with the same params and starts over when they differ (what
             a notebook wants: re-running it resumes, changing a setting recomputes).
-            ``False`` deletes the existing run and starts fresh; a non-empty directory that
-            has no ``params.json`` is refused rather than deleted.
+            ``False`` deletes the existing run and starts fresh. The old directory is first
+            renamed aside (``root/.<name>.deleting-*``, deleted next; leftovers of a killed
+            deletion are removed by the next ``Run`` opened in ``root``), so a kill leaves either
+            the old run or none.
+
+            A directory without a valid ``params.json`` is never resumed: with ``True`` or
+            ``"auto"`` a non-empty one (other than the temp files of a creation that was killed)
+            raises ``ValueError``. ``False`` deletes it only when it holds nothing but a run's
+            files (``params.json``, ``metrics.jsonl``, ``checkpoints/``, ``results/``, temp files:
+            a run killed while being deleted by an older version); other directories are refused.
 
     Attributes:
         path: the run directory.
@@ -279,15 +394,21 @@ class Run:
         self._metrics: list[dict] = []
         new_params = to_jsonable(params) if params is not None else None
 
-        if resume == "auto":
-            resume = not (new_params is not None and self._params_file.exists()
-                          and json.loads(self._params_file.read_text(encoding="utf-8")).get("params") != new_params)
-        if self.path.exists() and not resume:
-            self._clear()
-        existing = self._params_file.exists()
+        _remove_deleted_runs(self.path.parent)
+        stored_info = None
+        if resume is False:
+            if self.path.exists() or self.path.is_symlink():
+                self._clear()
+        else:
+            stored_info = self._stored_info()
+            if (resume == "auto" and stored_info is not None and new_params is not None
+                    and stored_info["params"] != new_params):
+                self._clear()
+                stored_info = None
+        existing = stored_info is not None
         if existing:
-            self.info = json.loads(self._params_file.read_text(encoding="utf-8"))
-            stored = self.info.get("params")
+            self.info = stored_info
+            stored = self.info["params"]
             if new_params is not None and stored != new_params:
                 raise ValueError(
                     f"run {str(self.path)!r} already exists with different params "
@@ -313,16 +434,44 @@ class Run:
 
     # ----------------------------------------------------------------- lifecycle helpers
 
+    def _check_is_directory(self) -> None:
+        if self.path.is_symlink() or not self.path.is_dir():
+            raise ValueError(f"run path {str(self.path)!r} exists and is not a directory; "
+                             "choose another name or root")
+
+    def _stored_info(self) -> dict | None:
+        """The existing run's ``params.json`` content; ``None`` when there is no run yet (no
+        directory, or one holding at most the temp files of a killed creation)."""
+        if not (self.path.exists() or self.path.is_symlink()):
+            return None
+        self._check_is_directory()
+        if self._params_file.exists():
+            return _read_run_info(self._params_file)
+        if all(_is_temp_file(entry) for entry in self.path.iterdir()):
+            return None
+        if _holds_only_run_files(self.path):
+            raise ValueError(
+                f"{str(self.path)!r} holds run files but no params.json (a run whose deletion was "
+                "killed), so it cannot be resumed; pass resume=False to delete it"
+            )
+        raise ValueError(
+            f"{str(self.path)!r} is not empty and has no params.json, so it is not a run directory "
+            "and cannot be resumed; choose another name or root (or move the directory away)"
+        )
+
     def _clear(self) -> None:
-        if not self.path.is_dir():
-            raise ValueError(f"run path {str(self.path)!r} exists and is not a directory")
-        if any(self.path.iterdir()) and not self._params_file.exists():
+        """Delete the run directory: rename it aside (atomic), then delete the renamed copy."""
+        self._check_is_directory()
+        if not self._params_file.exists() and not _holds_only_run_files(self.path):
             # A safety net for a mistyped root: only delete what looks like one of our runs.
             raise ValueError(
-                f"refusing to delete {str(self.path)!r} for resume=False: it is not empty and has "
-                "no params.json, so it does not look like a run directory"
+                f"refusing to delete {str(self.path)!r} for resume=False: it has no params.json and "
+                "holds files a run does not write, so it does not look like a run directory"
             )
-        shutil.rmtree(self.path)
+        aside = self.path.with_name(f".{self.name}.deleting-{os.getpid()}-{secrets.token_hex(4)}")
+        os.rename(self.path, aside)
+        _fsync_dir(self.path.parent)  # the rename must be on disk before anything new is written
+        shutil.rmtree(aside, ignore_errors=True)  # a leftover is retried by the next Run in this root
 
     def _remove_stale_temp_files(self) -> None:
         # Left only when a process was SIGKILLed between creating a temp file and renaming it.
@@ -470,10 +619,10 @@ class Run:
         ``weights_only=True`` (torch's safe loader) accepts tensors, numbers, strings and
         containers of them, which covers model and optimizer state dicts; pass ``False`` for
         states holding other objects (e.g. numpy RNG state) from runs you trust.
-        Raises ``FileNotFoundError`` when there is no such checkpoint.
+        Raises ``FileNotFoundError`` when there is no such checkpoint and
+        :class:`CorruptFileError` (a ``ValueError``) naming the file when it is damaged; unlike
+        :meth:`latest_checkpoint`, this never falls back to another checkpoint.
         """
-        import torch
-
         checkpoints = dict(self._checkpoints())
         if step is None:
             if not checkpoints:
@@ -482,15 +631,33 @@ class Run:
         check_int("step", step, minimum=0)
         if step not in checkpoints:
             raise FileNotFoundError(f"run {self.name!r} has no checkpoint at step {step}; available: {sorted(checkpoints)}")
-        return torch.load(checkpoints[step], map_location=map_location, weights_only=weights_only)
+        return load_torch_file(checkpoints[step], map_location=map_location, weights_only=weights_only,
+                               fix="delete it to resume from an older checkpoint, or pass resume=False to start over")
 
     def latest_checkpoint(self, *, map_location: Any = "cpu", weights_only: bool = True) -> tuple[int, dict] | None:
-        """``(step, state)`` of the newest checkpoint, or ``None`` when there is none."""
+        """``(step, state)`` of the newest intact checkpoint, or ``None`` when there is none.
+
+        Checkpoints are written atomically, so a damaged one was damaged afterwards (a partial
+        copy, a full disk): it is renamed to ``step_*.pt.corrupt`` (kept for inspection, never
+        tried or counted again) with a ``RuntimeWarning`` naming it, and the next older one is
+        tried. When none is intact the result is ``None``, with a warning, so
+        :func:`resume_or_start` starts the run from the beginning: its params are intact, so
+        recomputing is what ``resume=False`` would do too.
+        """
         checkpoints = self._checkpoints()
-        if not checkpoints:
-            return None
-        step = checkpoints[-1][0]
-        return step, self.load_checkpoint(step, map_location=map_location, weights_only=weights_only)
+        for step, path in reversed(checkpoints):
+            aside = path.with_name(path.name + _CORRUPT_SUFFIX)
+            try:
+                return step, load_torch_file(path, map_location=map_location, weights_only=weights_only,
+                                             fix=f"moved it to {aside.name} and trying an older checkpoint")
+            except CorruptFileError as err:
+                with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+                    os.replace(path, aside)
+                warnings.warn(str(err), RuntimeWarning, stacklevel=2)
+        if checkpoints:
+            warnings.warn(f"run {str(self.path)!r} has no intact checkpoint left: starting from the beginning",
+                          RuntimeWarning, stacklevel=2)
+        return None
 
 
 def resume_or_start(
@@ -500,7 +667,9 @@ def resume_or_start(
     map_location: Any = "cpu",
     weights_only: bool = True,
 ) -> tuple[int, Any]:
-    """``(start_step, state)``: the newest checkpoint of ``run``, else ``(0, init_fn())``.
+    """``(start_step, state)``: the newest intact checkpoint of ``run``, else ``(0, init_fn())``.
+
+    Damaged checkpoints are set aside with a warning (see :meth:`Run.latest_checkpoint`).
 
     Metrics the interrupted process logged at steps ``>= start_step`` are discarded (see
     :meth:`Run.rewind`) because the loop, running ``range(start_step, ...)``, logs them again.
@@ -540,4 +709,4 @@ def read_params(profile: str, notebook: str, root: str | os.PathLike = "runs") -
     """The parameters a notebook's :class:`Run` recorded under ``profile`` (its ``params.json``),
     so a later notebook can rebuild the same task; ``None`` when that notebook has not run."""
     path = find_artifact(profile, notebook, "params.json", root)
-    return None if path is None else json.loads(path.read_text())["params"]
+    return None if path is None else _read_run_info(path)["params"]

@@ -2,7 +2,11 @@
 
 Executed notebooks land in ``runs/<profile>/notebooks/``; each notebook stores its headline
 numbers through :mod:`l2o_lib.results` as ``runs/<profile>/<notebook>/results/summary.json``, and
-:func:`collect_summaries` gathers them into one results table.
+:func:`collect_summaries` gathers them into one results table, marking the numbers of a notebook whose
+latest run failed (they come from an earlier run) and summaries that cannot be read.
+
+Parameters are checked against the notebooks' declarations (:mod:`l2o_lib.nbparams`) before papermill
+starts a kernel.
 """
 
 from __future__ import annotations
@@ -11,15 +15,17 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from . import nbparams
 from .config import PROFILES, check_choice, check_int
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "NotebookFailure", "NotebookResult", "find_notebooks",
-           "run_notebook", "run_notebooks", "collect_summaries"]
+           "check_parameters", "run_notebook", "run_notebooks", "collect_summaries"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -74,24 +80,52 @@ def _describe_failure(error: Exception, output: Path) -> str:
     return "\n".join(lines)
 
 
+def check_parameters(path: Path, *, profile: str, parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Check the papermill ``parameters`` of the notebook at ``path`` under ``profile``; return them.
+
+    A notebook declared in :data:`l2o_lib.nbparams.NOTEBOOKS` (00-08) gets every name and value
+    checked (:func:`~l2o_lib.nbparams.check_notebook_params`, reading its defaults and ``SETTINGS``
+    from the file); any other notebook (one of your own) only gets ``profile`` refused, which the
+    ``profile`` argument sets.
+
+    Raises:
+        ValueError: an unknown profile, a missing notebook, or a refused parameter.
+    """
+    check_choice("profile", profile, PROFILES)
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"notebook {str(path)!r} does not exist")
+    parameters = dict(parameters or {})
+    if path.stem in nbparams.NOTEBOOKS:
+        return nbparams.check_notebook_params(path.stem, parameters, profile=profile, directory=path.parent)
+    if "profile" in parameters:
+        raise ValueError(f"profile must not be passed as a parameter of notebook {path.stem}: "
+                         f"the profile argument sets it ({sorted(PROFILES)})")
+    return parameters
+
+
 def run_notebook(path: Path, *, profile: str = "ci", parameters: dict[str, Any] | None = None,
                  output_dir: Path | None = None, cwd: Path = REPO_ROOT, progress: bool = False) -> NotebookResult:
     """Execute one notebook with papermill (kernel ``python3``) and ``profile`` injected.
 
-    Returns a :class:`NotebookResult`; a failure is reported in ``.error``, not raised.
+    Returns a :class:`NotebookResult`; a failure of the notebook is reported in ``.error``, not raised.
+
+    Raises:
+        ValueError: refused ``parameters`` (see :func:`check_parameters`), before papermill starts.
     """
     import time
 
     import papermill as pm
 
-    check_choice("profile", profile, PROFILES)
+    parameters = check_parameters(path, profile=profile, parameters=parameters)
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"notebook {str(path)!r} does not exist")
     output_dir = Path(output_dir) if output_dir else Path(cwd) / "runs" / profile / "notebooks"
     output_dir.mkdir(parents=True, exist_ok=True)
     output = output_dir / path.name
-    params = {"profile": profile, **(parameters or {})}
+    # An executed notebook left by an earlier run must not pass for this run's (papermill may fail
+    # before it writes one).
+    output.unlink(missing_ok=True)
+    params = {"profile": profile, **parameters}
     env_before = os.environ.get("L2O_HEADLESS")
     os.environ["L2O_HEADLESS"] = "1"  # inherited by the kernel: quiet progress bars, no widgets
     start = time.perf_counter()
@@ -116,8 +150,14 @@ def run_notebooks(paths: list[Path], *, profile: str, parameters: dict[str, Any]
     Notebooks that reuse what an earlier one saved still run correctly in parallel, because each
     trains what it needs when the saved artefact is missing. ``on_done(result)`` is called as
     each finishes (the CLI advances its progress bar there).
+
+    Every notebook's ``parameters`` are checked (:func:`check_parameters`) before the first one
+    starts, so a parameter one of them refuses, or does not declare, raises ``ValueError`` before any
+    work: pass a parameter only to the notebooks that take it.
     """
     check_int("jobs", jobs)
+    for p in paths:
+        check_parameters(p, profile=profile, parameters=parameters)
     results: list[NotebookResult] = []
     kwargs = dict(profile=profile, parameters=parameters, cwd=cwd)
     if jobs == 1:
@@ -135,12 +175,56 @@ def run_notebooks(paths: list[Path], *, profile: str, parameters: dict[str, Any]
     return results
 
 
-def collect_summaries(profile: str, *, root: Path = REPO_ROOT / "runs") -> pd.DataFrame:
-    """All ``summary.json`` records of a profile's runs as one table (columns: notebook, method,
-    metric, value, and whatever else the notebooks recorded)."""
+def _as_of(mtime: float) -> str:
+    """A file's modification time as the date of the numbers it holds (UTC, to the minute)."""
+    return datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _read_records(path: Path) -> list[dict]:
+    """The records of one ``summary.json``: a list of dicts (or one dict). Raises ``ValueError``
+    (not JSON, not UTF-8, not records) or ``OSError``."""
+    records = json.loads(path.read_text(encoding="utf-8"))
+    records = records if isinstance(records, list) else [records]
+    if not all(isinstance(r, dict) for r in records):
+        raise ValueError("not a list of records (JSON objects)")
+    return records
+
+
+def collect_summaries(profile: str, *, root: Path = REPO_ROOT / "runs", failed: Iterable[str] = (),
+                      since: float | None = None) -> pd.DataFrame:
+    """All ``summary.json`` records of a profile's runs as one table.
+
+    Columns: ``notebook``, ``status``, ``as_of``, then ``method``, ``metric``, ``value`` and whatever
+    else the notebooks recorded. ``as_of`` is when the summary was written (the date of its
+    numbers); ``status`` is ``"ok"``, or for a notebook named in ``failed`` (its latest run failed)
+    ``"FAILED: numbers from <as_of>, an earlier run"`` (``"FAILED: numbers from this run, written
+    before it failed"`` when the summary is newer than ``since``, the time.time() the run started;
+    a row ``"FAILED: no numbers"`` when it never wrote a summary), or for a summary that cannot be
+    read a single row ``"UNREADABLE: <path> (<why>); rerun the notebook: l2o run <notebook>
+    --profile <profile>"`` with no numbers. Never raises on a damaged file: one bad summary must not
+    hide the others.
+    """
+    failed = set(failed)
     rows = []
+    seen = set()
     for path in sorted((Path(root) / profile).glob("*/results/summary.json")):
-        records = json.loads(path.read_text())
-        for rec in records if isinstance(records, list) else [records]:
-            rows.append({"notebook": path.parent.parent.name, **rec})
-    return pd.DataFrame(rows)
+        name = path.parent.parent.name
+        seen.add(name)
+        try:
+            mtime = path.stat().st_mtime
+            records = _read_records(path)
+        except (OSError, ValueError) as exc:
+            rows.append({"notebook": name, "status": f"UNREADABLE: {path} ({type(exc).__name__}: {exc}); rerun the "
+                                                     f"notebook: l2o run {name} --profile {profile}"})
+            continue
+        as_of = _as_of(mtime)
+        status = "ok" if name not in failed else (
+            "FAILED: numbers from this run, written before it failed" if since is not None and mtime >= since
+            else f"FAILED: numbers from {as_of}, an earlier run")
+        rows.extend({**rec, "notebook": name, "status": status, "as_of": as_of} for rec in records)
+    rows += [{"notebook": name, "status": "FAILED: no numbers", "as_of": None} for name in sorted(failed - seen)]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    first = ["notebook", "status", "as_of"]
+    return frame[first + [c for c in frame.columns if c not in first]]

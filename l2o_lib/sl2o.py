@@ -31,6 +31,7 @@ first step of the next one, so no extra forward pass is spent on it.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -41,11 +42,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from .config import check_int, check_nonnegative, check_positive
+from .config import check_int, check_positive, check_seed
+from .finite import check_finite_data
 from .functional import FlatModel
 from .fused import fused_rnnprop
-from .meta import DivergenceGuard, GuardEvent, load_meta_state, meta_state
-from .results import artifact_path, atomic_torch_save, find_artifact
+from .meta import DivergenceGuard, GuardEvent, check_meta_kind, check_not_past, load_meta_state, meta_state
+from .results import artifact_path, atomic_torch_save, find_artifact, load_torch_file
 from .optim.adapter import FlatOptimizer
 from .optim.base import Transform, check_betas
 from .lora import LoRASpace, lora_dagger
@@ -81,6 +83,7 @@ class LSTMRule(nn.Module):
         self.layers = check_int("layers", layers)
         self.scale = check_positive("scale", scale)
         self.input_size = check_int("input_size", input_size)
+        check_seed("seed", seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.cells = nn.ModuleList(nn.LSTMCell(input_size if i == 0 else hidden, hidden) for i in range(layers))
@@ -212,10 +215,18 @@ class Problem:
     test: tuple[Tensor, Tensor] | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, FlatModel):
+            raise ValueError(f"model must be a FlatModel, got {type(self.model).__name__}")
         check_int("batch_size", self.batch_size)
+        # Shapes, dtypes and devices only: a mismatch would otherwise surface deep in meta-training.
+        self.model.check_batch(self.train, name="train")
+        if len(self.train[0]) == 0:
+            raise ValueError("train must hold at least one example")
+        if self.test is not None:
+            self.model.check_batch(self.test, name="test")
         if self.theta0 is None:
             self.theta0 = self.space.origin if self.space is not None else self.model.flatten()
-        self.model.check_theta(self.theta0)
+        self.model.check_theta(self.theta0, name="theta0")
         if self.space is not None and self.space.ambient_dim != self.model.dim:
             raise ValueError(f"space lives in {self.space.ambient_dim} dimensions, the model has {self.model.dim}")
 
@@ -341,6 +352,11 @@ def _run_task(problem: Problem, transform: Transform, generator: torch.Generator
     return z.detach()
 
 
+def _rank(test_loss: float) -> float:
+    """A test loss for choosing the best epoch: NaN / inf (a diverged task) ranks last."""
+    return test_loss if math.isfinite(test_loss) else math.inf
+
+
 def _descend(optimizer: torch.optim.Optimizer) -> Callable[[Tensor, Tensor | None], bool]:
     """An ``on_unroll`` for :func:`_run_task`: one ``optimizer`` step on every unroll's meta-gradient,
     with no guard and no bookkeeping (what the benchmarks time; :func:`meta_train` adds both)."""
@@ -361,7 +377,11 @@ def meta_gradient(rule: LSTMRule, problem: Problem, *, steps: int = 2, first_ord
     :func:`meta_train` would feed its meta-optimizer; useful to study meta-gradient variance and
     to check it against finite differences (tests).
     """
+    if not isinstance(problem, Problem):
+        raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
     check_int("steps", steps)
+    check_int("tasks", tasks)
+    check_seed("seed", seed)
     out = {}
 
     def on_unroll(value: Tensor, objective: Tensor | None) -> bool:
@@ -404,8 +424,11 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
             ``False`` back-propagates through them too (second order, several times the cost).
         seed: batch order of the tasks (task ``e`` uses ``seed + e``).
         run: a :class:`~l2o_lib.results.Run`; a checkpoint is written after every epoch and an
-            existing one is resumed.
-        explode, patience: the :class:`~l2o_lib.meta.DivergenceGuard` settings.
+            existing one is resumed (with the guard's reference loss, so a resumed run refuses
+            exactly what the uninterrupted one would). ``epochs`` smaller than the run already
+            holds raises ``ValueError``.
+        explode, patience: the :class:`~l2o_lib.meta.DivergenceGuard` settings. An epoch whose
+            last unroll was refused is scored by running the rolled-back rule on its task.
         fused: step the rule through :func:`~l2o_lib.fused.fused_rnnprop` (compiled on CUDA).
     """
     if not isinstance(rule, LSTMRule):
@@ -417,9 +440,12 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
     check_int("unroll", unroll)
     check_positive("meta_lr", meta_lr)
     check_int("tasks_per_step", tasks_per_step)
-    check_nonnegative("seed", seed)
+    check_seed("seed", seed)
     if unroll > steps_per_task:
         raise ValueError(f"unroll={unroll} must be <= steps_per_task={steps_per_task}")
+    check_finite_data("problem.train[0] (the training inputs)", problem.train[0])
+    if problem.test is not None:
+        check_finite_data("problem.test[0] (the test inputs)", problem.test[0])
     device = problem.theta0.device
     rule.to(device)
     optimizer = torch.optim.Adam(rule.parameters(), lr=meta_lr)
@@ -429,22 +455,29 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
         latest = run.latest_checkpoint(map_location=device)
         if latest is not None:
             start, state = latest
-            extra = load_meta_state(state, rule, optimizer)
+            check_meta_kind(state, "sl2o")  # another trainer's checkpoint: say so before anything else
+            check_not_past("epochs", epochs, start)
+            extra = load_meta_state(state, rule, optimizer, kind="sl2o")
             history, best = MetaHistory.from_dict(extra["history"]), extra["best"]
             guard.commit()
+            # The explosion test compares with the first accepted meta-loss: without it a resumed
+            # run would take its first unroll as the reference and accept what the run refused.
+            guard.reference = extra.get("reference")
     bar = progress(range(start, epochs), total=epochs, initial=start, desc=desc)
     clock = time.perf_counter() - history.seconds
 
     prior_events = list(history.events)
 
+    last = {"ok": True}
+
     def on_unroll(value: Tensor, objective: Tensor | None) -> bool:
         optimizer.zero_grad(set_to_none=True)
         if objective is not None:
             objective.backward()
-        ok = guard.step(len(history.meta_loss), value)
+        last["ok"] = guard.step(len(history.meta_loss), value)
         history.meta_loss.append(float(value))
         bar.set_postfix(meta_loss=f"{history.meta_loss[-1]:.4g}", refresh=False)
-        return ok
+        return last["ok"]
 
     transform = rnnprop(rule, betas=betas, eps=eps, differentiable=True, fused=fused)
     for epoch in bar:
@@ -453,16 +486,24 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
                       first_order=first_order, on_unroll=on_unroll)
         history.inner_steps += steps_per_task * tasks_per_step
         if problem.test is not None:
+            if not last["ok"]:
+                # The last unroll was refused: the task restarted and z is its untrained start. Score
+                # what the epoch ended with, the rolled-back rule, on the epoch's task from the start.
+                z = _run_task(problem, rnnprop(rule, betas=betas, eps=eps, fused=fused),
+                              torch.Generator(device=device).manual_seed(seed + epoch), steps=steps_per_task,
+                              unroll=steps_per_task, tasks=tasks_per_step, first_order=True,
+                              on_unroll=lambda value, objective: True)
             scores = problem.model.evaluate(problem.lift(z[0]), *problem.test)
             loss = float(scores["loss"])
             history.epoch_test_loss.append(loss)
             history.epoch_test_accuracy.append(float(scores["accuracy"]))
-            if best is None or loss < best["loss"]:
+            if best is None or _rank(loss) < _rank(best["loss"]):
                 best = {"loss": loss, "epoch": epoch, "weights": {k: v.clone() for k, v in rule.state_dict().items()}}
         history.events = prior_events + guard.events
         history.seconds = time.perf_counter() - clock
         if run is not None:
-            run.save_checkpoint(meta_state(rule, optimizer, history=history.as_dict(), best=best), epoch + 1)
+            run.save_checkpoint(meta_state(rule, optimizer, kind="sl2o", history=history.as_dict(), best=best,
+                                           reference=guard.reference), epoch + 1)
     if best is not None:
         rule.load_state_dict(best["weights"])
         history.best_epoch = best["epoch"]
@@ -497,11 +538,13 @@ def trained_path(profile: str, root: str | os.PathLike = "runs") -> Path:
 def load_trained(profile_or_path: str | os.PathLike, *, root: str | os.PathLike = "runs",
                  map_location="cpu") -> Trained | None:
     """The optimizer saved by notebook 03 under a profile (``"ci"``, ``"quick"``, ``"paper"``) or at a
-    path; ``None`` when there is none yet (run notebook 03 first)."""
+    path; ``None`` when there is none yet (run notebook 03 first). A damaged file raises
+    :class:`~l2o_lib.results.CorruptFileError` (a ``ValueError``) naming it."""
     path = find_artifact(profile_or_path, "03_sl2o", "sl2o.pt", root)
     if path is None:
         return None
-    blob = torch.load(path, map_location=map_location, weights_only=True)
+    blob = load_torch_file(path, map_location=map_location,
+                           fix="rerun notebook 03_sl2o to write it again, or delete it")
     rule = LSTMRule(**blob["config"])
     rule.load_state_dict(blob["weights"])
     space = Subspace(**blob["space"]) if "space" in blob else None

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import check_int
+from .config import check_int, check_seed
 from .optim.base import Transform
 
 __all__ = ["Subspace", "dldr", "random_subspace", "dagger", "DaggerState", "Trajectory", "sample_trajectory"]
@@ -160,10 +160,13 @@ def dldr(checkpoints: Tensor | np.ndarray, d: int, *, origin: Tensor | None = No
         a :class:`Subspace` whose ``explained_variance_ratio`` are ``σ_i² / Σ_j σ_j²``.
 
     Raises:
-        ValueError: ``checkpoints`` not ``(t, D)``, ``d`` not in ``1 … t - 1``, ``origin`` not
-            ``(D,)``, ``block`` not a positive integer, non-finite checkpoints, or checkpoints
+        ValueError: ``checkpoints`` not a ``(t, D)`` tensor or array, ``d`` not in ``1 … t - 1``,
+            ``origin`` not ``(D,)``, ``block`` not a positive integer, non-finite checkpoints, or checkpoints
             that span fewer than ``d`` directions (beyond the rounding of their dtype).
     """
+    if not isinstance(checkpoints, (Tensor, np.ndarray)):
+        raise ValueError(f"checkpoints must be a (t, D) tensor or numpy array, got {type(checkpoints).__name__}; "
+                         "stack a list with torch.stack")
     if checkpoints.ndim != 2:
         raise ValueError(f"checkpoints must be (t, D), got shape {tuple(checkpoints.shape)}")
     t, D = checkpoints.shape
@@ -212,6 +215,7 @@ def random_subspace(ambient_dim: int, d: int, *, origin: Tensor | None = None, s
     (zeros by default)."""
     check_int("ambient_dim", ambient_dim)
     check_int("d", d)
+    check_seed("seed", seed)
     if d > ambient_dim:
         raise ValueError(f"d={d} must be <= ambient_dim={ambient_dim}")
     g = torch.Generator().manual_seed(seed)

@@ -32,7 +32,7 @@ import numpy as np
 import sympy as sp
 import torch  # before juliacall (PySR): importing torch after Julia's runtime can crash
 
-from .config import check_choice, check_int, check_positive
+from .config import check_choice, check_int, check_positive, check_seed
 
 __all__ = ["OPERATORS", "BACKENDS", "Candidate", "Fit", "BackendFallback", "pysr_available", "fit", "complexity",
            "select", "pareto", "to_numpy", "to_torch", "round_constants", "canonical", "equivalent", "r2_score"]
@@ -319,7 +319,7 @@ def fit(X, y, names: Sequence[str], *, backend: str = "auto", operators: Sequenc
     check_int("restarts", restarts)
     if generations is not None:
         check_int("generations", generations)
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     check_int("population", population, minimum=10)
     check_int("max_samples", max_samples, minimum=2)
     check_positive("slack", slack)

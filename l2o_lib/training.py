@@ -4,7 +4,11 @@
 :func:`train_module` drives any ``torch.optim.Optimizer`` on an ``nn.Module``. Both draw batches
 from a device-side sampler, record the training loss of every step into a device tensor (no
 host synchronisation inside the loop) and evaluate on held-out data every ``eval_every`` steps.
-They return a :class:`History`, converted to host numbers once, at the end.
+They return a :class:`History`, converted to host numbers once, at the end, where the run's
+weights are also checked: a run ends with finite weights or raises
+:class:`~l2o_lib.finite.NonFiniteError` naming the step where its loss first went non-finite
+(``on_nonfinite="record"`` stores that step in ``History.extra["nonfinite_step"]`` instead, for
+grid searches).
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .config import check_int, headless
+from .config import check_int, check_seed, check_seeds, headless
+from .finite import LR_HINT, NonFiniteError, check_finite_data, check_on_nonfinite, divergence_step
 from .functional import Batch, FlatModel
 from .optim.base import Transform
 
-__all__ = ["History", "run_loop", "train_flat", "train_module", "progress", "mean_curve", "train_seeds", "tune_lr",
-           "mean_train_loss"]
+__all__ = ["History", "check_loop_data", "run_loop", "train_flat", "train_module", "progress", "mean_curve",
+           "train_seeds", "tune_lr", "mean_train_loss"]
 
 
 class Sampler(Protocol):
@@ -41,6 +46,8 @@ class History:
         test_loss, test_accuracy: evaluation results at ``eval_steps``.
         seconds: wall time of the loop (evaluation included).
         theta: final flat parameters (``train_flat``) or ``None``.
+        extra: trainer-specific records; ``nonfinite_step`` (the 0-based step where the loss
+            first went NaN / inf) is present only when that happened.
     """
 
     train_loss: np.ndarray
@@ -79,19 +86,72 @@ def _finish(losses: Tensor, evals: list[tuple[int, dict]], start: float, theta=N
     return History(train_loss, steps, stacked[:, 0], stacked[:, 1], seconds, theta, extra=extra or {})
 
 
+def _all_finite(tensors) -> bool:
+    """Whether every tensor of ``tensors`` is finite: one host synchronisation for all of them."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def _settle(history: History, weights_finite: bool, on_nonfinite: str, *, what: str = "training",
+            hint: str = LR_HINT) -> History:
+    """The end-of-run rule of every loop: a run whose loss went non-finite gets
+    ``extra["nonfinite_step"]``; one whose weights ended non-finite raises
+    :class:`NonFiniteError` (``on_nonfinite="raise"``) naming that step and ``hint``."""
+    step = divergence_step(history.train_loss, weights_finite)
+    if step is None:
+        return history
+    history.extra["nonfinite_step"] = step
+    if weights_finite or on_nonfinite == "record":
+        return history
+    total = len(history.train_loss)
+    if np.isfinite(history.train_loss[step]):
+        when = f"every loss was finite but the last update (step {step} of {total}) made the weights non-finite"
+    else:
+        when = f"the training loss was first non-finite at step {step} (0-based, of {total} steps)"
+    raise NonFiniteError(f"{what} diverged: {when}, and the run ended with non-finite weights; {hint}", step)
+
+
+def _refuse_nonfinite_data(sampler: Sampler, eval_data: tuple[Tensor, Tensor] | None) -> None:
+    """``ValueError`` before a loop when the sampler's split (exposed as ``sampler.data``, like
+    :class:`~l2o_lib.data.BatchSampler`'s) or ``eval_data`` holds NaN / inf: one such example
+    would make the run non-finite. One host synchronisation each, before any work."""
+    data = getattr(sampler, "data", None)
+    if isinstance(getattr(data, "x", None), Tensor):
+        check_finite_data("sampler.data.x (the training inputs)", data.x)
+    if eval_data is not None:
+        check_finite_data("eval_data[0] (the evaluation inputs)", eval_data[0])
+
+
+def check_loop_data(model: FlatModel, sampler: Sampler, eval_data: tuple[Tensor, Tensor] | None) -> None:
+    """Refuse data the model cannot take, before a loop starts: the sampler's split (when it exposes
+    one as ``sampler.data``, like :class:`~l2o_lib.data.BatchSampler`) and ``eval_data``. Shapes,
+    dtypes and devices only, so no host synchronisation."""
+    data = getattr(sampler, "data", None)
+    if isinstance(getattr(data, "x", None), Tensor) and isinstance(getattr(data, "y", None), Tensor):
+        model.check_data(data.x, data.y, name="sampler")
+    if eval_data is not None:
+        model.check_batch(eval_data, name="eval_data")
+
+
 def run_loop(model: FlatModel, step_fn: Callable[[Tensor, int, Batch], tuple[Tensor, Tensor]],
              sampler: Sampler, *, steps: int, theta: Tensor, buffers: dict[str, Tensor],
              eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
-             desc: str | None = None, on_step: Callable[[int, Tensor], None] | None = None) -> History:
+             desc: str | None = None, on_step: Callable[[int, Tensor], None] | None = None,
+             on_nonfinite: str = "raise", what: str = "training", hint: str = LR_HINT) -> History:
     """The loop shared by every flat-parameter trainer.
 
     ``step_fn(theta, k, batch) -> (new_theta, loss)`` performs update ``k`` (0-based) and keeps
     its own optimizer state; the loop draws batches, logs losses on the device, evaluates
     ``eval_data`` at step 0, every ``eval_every`` steps and at the end, and calls
-    ``on_step(k + 1, theta)`` after each update.
+    ``on_step(k + 1, theta)`` after each update. At the end, non-finite final weights raise
+    :class:`~l2o_lib.finite.NonFiniteError` (``on_nonfinite="raise"``, the message starts with
+    ``what`` and ends with ``hint``, what to try) or are recorded in ``extra["nonfinite_step"]``
+    (``"record"``).
     """
     check_int("steps", steps)
     check_int("eval_every", eval_every)
+    check_on_nonfinite(on_nonfinite)
+    check_loop_data(model, sampler, eval_data)
+    _refuse_nonfinite_data(sampler, eval_data)
     losses = torch.empty(steps, device=theta.device)
     evals: list[tuple[int, dict]] = []
 
@@ -107,13 +167,14 @@ def run_loop(model: FlatModel, step_fn: Callable[[Tensor, int, Batch], tuple[Ten
             on_step(step + 1, theta)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1)
-    return _finish(losses, evals, start, theta)
+    return _settle(_finish(losses, evals, start, theta), _all_finite([theta]), on_nonfinite, what=what, hint=hint)
 
 
 def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, steps: int,
                theta: Tensor | None = None, buffers: dict[str, Tensor] | None = None,
                eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
-               desc: str | None = None, on_step: Callable[[int, Tensor], None] | None = None) -> History:
+               desc: str | None = None, on_step: Callable[[int, Tensor], None] | None = None,
+               on_nonfinite: str = "raise") -> History:
     """Train with a pure transform: ``theta ← theta + update(grad, state, theta, step)``.
 
     Args:
@@ -126,7 +187,12 @@ def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, step
         eval_data: ``(x, y)`` evaluated at step 0, every ``eval_every`` steps and at the end.
         on_step: ``on_step(k, theta)`` after the ``k``-th update (``k = 1 … steps``), e.g. to
             store checkpoints for DLDR.
+        on_nonfinite: ``"raise"``: a run whose weights end NaN / inf raises
+            :class:`~l2o_lib.finite.NonFiniteError` naming the step its loss first went
+            non-finite; ``"record"``: return it with that step in ``extra["nonfinite_step"]``
+            (grid searches, where divergence is a result).
     """
+    check_on_nonfinite(on_nonfinite)
     theta = model.flatten() if theta is None else theta.detach().clone()
     model.check_theta(theta)
     buffers = model.init_buffers() if buffers is None else buffers
@@ -138,14 +204,15 @@ def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, step
         return theta + delta, loss
 
     return run_loop(model, step_fn, sampler, steps=steps, theta=theta, buffers=buffers, eval_data=eval_data,
-                    eval_every=eval_every, desc=desc, on_step=on_step)
+                    eval_every=eval_every, desc=desc, on_step=on_step, on_nonfinite=on_nonfinite)
 
 
 def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler, *, steps: int,
                  eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
                  loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
                  desc: str | None = None, on_loss: Callable[[Tensor], None] | None = None,
-                 loss_closure: bool = False, on_step: Callable[[int, nn.Module], None] | None = None) -> History:
+                 loss_closure: bool = False, on_step: Callable[[int, nn.Module], None] | None = None,
+                 on_nonfinite: str = "raise") -> History:
     """The ordinary PyTorch loop (``zero_grad``, ``backward``, ``step``) with the same bookkeeping
     as :func:`train_flat`, so both paths can be compared number for number.
 
@@ -154,14 +221,17 @@ def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: S
     ``optimizer.step(closure)`` with a closure that *returns* that loss without recomputing it (for
     optimizers that read the loss, such as L3RS; not for line-search optimizers like LBFGS);
     ``on_step(k, module)`` runs after the ``k``-th update (``k = 1 … steps``), e.g. to record a
-    trajectory.
+    trajectory. ``on_nonfinite`` as in :func:`train_flat` (the module's parameters are checked).
     """
     check_int("steps", steps)
     check_int("eval_every", eval_every)
+    check_on_nonfinite(on_nonfinite)
     device = next(module.parameters()).device
     losses = torch.empty(steps, device=device)
     evals: list[tuple[int, dict]] = []
     flat = FlatModel(module, loss_fn)
+    check_loop_data(flat, sampler, eval_data)
+    _refuse_nonfinite_data(sampler, eval_data)
 
     def evaluate(step: int) -> None:
         if eval_data is not None:
@@ -186,7 +256,7 @@ def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: S
             on_step(step + 1, module)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1)
-    return _finish(losses, evals, start)
+    return _settle(_finish(losses, evals, start), _all_finite(list(module.parameters())), on_nonfinite)
 
 
 def mean_curve(histories: list[History], field: str = "train_loss") -> dict[str, np.ndarray]:
@@ -213,8 +283,7 @@ def train_seeds(model: FlatModel, transforms: Mapping[str, Callable[[], Transfor
     """
     if not transforms:
         raise ValueError("transforms must name at least one optimizer")
-    if not seeds:
-        raise ValueError("seeds must not be empty")
+    check_seeds("seeds", seeds)
     return {name: [train_flat(model, make(), make_sampler(seed), steps=steps, theta=theta, desc=f"{name} seed {seed}",
                               **train_kwargs) for seed in seeds]
             for name, make in transforms.items()}
@@ -232,10 +301,14 @@ def tune_lr(model: FlatModel, factory: Callable[[float], Transform], lrs: Sequen
             score: Callable[[History], float] = mean_train_loss, **train_kwargs) -> tuple[float, dict[float, float]]:
     """A small grid search: ``(best_lr, {lr: score})`` with the lowest ``score`` of one run per LR.
 
-    ``factory(lr)`` builds the optimizer; the runs share ``seed``'s batch order.
+    ``factory(lr)`` builds the optimizer; the runs share ``seed``'s batch order. A diverging LR
+    is a result, not an error: its run is recorded (``on_nonfinite="record"``) and scores ``inf``
+    with the default ``score``.
     """
     if not lrs:
         raise ValueError("lrs must not be empty")
+    check_seed("seed", seed)
+    train_kwargs = {"on_nonfinite": "record", **train_kwargs}
     scores = {float(lr): score(train_flat(model, factory(lr), make_sampler(seed), steps=steps, theta=theta,
                                           desc=f"lr {lr:g}", **train_kwargs)) for lr in lrs}
     return min(scores, key=scores.get), scores

@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from l2o_lib.meta import DivergenceGuard, load_meta_state, meta_state
+from l2o_lib.finite import NonFiniteError
+from l2o_lib.meta import DivergenceGuard, load_meta_state, meta_state, nes_train
+from l2o_lib.results import Run
 
 
 def setup(lr=0.1):
@@ -92,3 +94,32 @@ def test_meta_state_round_trip(tmp_path):
     assert opt2.param_groups[0]["lr"] == 0.1
     with pytest.raises(ValueError, match="missing"):
         load_meta_state({"module": {}}, net2)
+
+
+def test_an_update_that_overflows_is_rolled_back_and_counted():
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=1e37)   # finite loss and gradient, but weights beyond float32
+    guard = DivergenceGuard(net, opt, patience=2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def overflowing_step(step):
+        opt.zero_grad()
+        loss = net(torch.full((1, 3), 100.0)).pow(2).sum()
+        loss.backward()
+        return guard.step(step, loss.detach())
+
+    assert not overflowing_step(0)
+    assert "non-finite meta-parameters" in guard.events[-1].reason and guard.events[-1].step == 0
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    with pytest.raises(NonFiniteError, match="2 bad meta-steps in a row"):
+        overflowing_step(1)
+
+
+def test_nes_refuses_fewer_generations_than_the_run_holds(tmp_path):
+    def fitness(members, t):
+        return -((members - 1) ** 2).sum(1)
+
+    nes_train(torch.zeros(3), fitness, generations=4, pairs=2, run=Run("nes", root=tmp_path, params={}), desc=None)
+    with pytest.raises(ValueError, match="generations=2 is smaller than the 4 the run already holds"):
+        nes_train(torch.zeros(3), fitness, generations=2, pairs=2, run=Run("nes", root=tmp_path), desc=None)

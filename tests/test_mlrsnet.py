@@ -304,7 +304,7 @@ def test_compare_schedules_runs_mlrsnet_and_tuned_baselines(digits):
     configs = baseline_configs(sgd_lrs=(0.05, 0.2), methods=["Fixed", "Cosine", "Adam"])
     schedule = TrainedSchedule([MLRSNet(8, seed=s).state_dict() for s in range(3)], hidden=8)
     cmp = compare_schedules("mlp", data, configs, seeds=[0, 1], steps=30, schedule=schedule, batch_size=32,
-                            eval_every=15, model_kwargs={"hidden": (16,)})
+                            eval_every=15, model_kwargs={"hidden": (16,)}, n_val=200)
     assert len(cmp.records) == (len(configs) + 1) * 2
     assert set(cmp.best()) == {"Fixed", "Cosine", "Adam", "MLR-SNet"}
     assert {r["method"] for r in cmp.tuned(["Fixed"])} == {"Fixed"}
@@ -312,6 +312,23 @@ def test_compare_schedules_runs_mlrsnet_and_tuned_baselines(digits):
     assert lr.shape == (30,) and (lr > 0).all()
     np.testing.assert_allclose(cmp.lr_curves[("Cosine", "lr=0.2")], [hand_schedule("Cosine", 0.2, 30)(t) for t in range(30)],
                                rtol=1e-6)
+
+
+def test_a_diverging_baseline_setting_is_kept_and_marked(digits):
+    train, test = digits
+    data = Dataset("digits", train, test, (64,), 10)
+    configs = baseline_configs(sgd_lrs=(0.05, 1e30), methods=["Fixed"])
+    cmp = compare_schedules("mlp", data, configs, seeds=[0], steps=6, batch_size=32, eval_every=6,
+                            model_kwargs={"hidden": (16,)}, n_val=200)
+    marks = {r["setting"]: r["diverged_at"] for r in cmp.records}
+    assert marks["lr=0.05"] is None and 0 <= marks["lr=1e+30"] < 6
+    assert cmp.best() == {"Fixed": "lr=0.05"}
+
+
+def test_fewer_steps_than_the_run_holds_is_refused(digits, tmp_path):
+    _small_run(digits, steps=20, run=Run("few", root=tmp_path, params={}), checkpoint_every=10)
+    with pytest.raises(ValueError, match="steps=10 is smaller than the 20 the run already holds"):
+        _small_run(digits, steps=10, run=Run("few", root=tmp_path), checkpoint_every=10)
 
 
 def test_mlrsnet_rule_matches_the_scheduler():

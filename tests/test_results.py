@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from l2o_lib.results import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    read_params,
     resume_or_start,
 )
 
@@ -212,3 +214,209 @@ def test_results_round_trip_and_validation(tmp_path):
         run.save_checkpoint({}, 1, keep=0)
     with pytest.raises(ValueError, match="step"):
         run.log_metrics(-1, loss=1.0)
+
+
+# --------------------------------------------------------------------------- damaged or foreign files (issue 20)
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_garbage_params_json_raises_naming_the_file(tmp_path):
+    Run("g", root=tmp_path, params={"a": 1})
+    params_file = tmp_path / "g" / "params.json"
+    params_file.write_text("{not json")
+    for resume in (True, "auto"):
+        with pytest.raises(ValueError, match=rf"{re.escape(str(params_file))} is not valid JSON.*resume=False"):
+            Run("g", root=tmp_path, params={"a": 1}, resume=resume)
+    params_file.write_text("[1, 2]")  # valid JSON, but not a run's
+    with pytest.raises(ValueError, match=r"params\.json does not hold a run's params"):
+        Run("g", root=tmp_path)
+    fresh = Run("g", root=tmp_path, params={"a": 2}, resume=False)
+    assert fresh.params == {"a": 2} and not fresh.resumed
+
+
+def test_read_params_names_a_garbage_params_json(tmp_path):
+    Run("03_sl2o", root=tmp_path / "ci", params={"d": 4})
+    assert read_params("ci", "03_sl2o", root=tmp_path) == {"d": 4}
+    (tmp_path / "ci" / "03_sl2o" / "params.json").write_text("")
+    with pytest.raises(ValueError, match=r"03_sl2o.params\.json is not valid JSON"):
+        read_params("ci", "03_sl2o", root=tmp_path)
+
+
+def _half_deleted_run(root, name="half"):
+    """What an older Run(resume=False) killed while deleting file by file left: no params.json."""
+    run = Run(name, root=root, params={"lr": 0.1})
+    run.log_metrics(0, loss=1.0)
+    run.save_checkpoint({"x": torch.tensor(7.0)}, 5)
+    run.save_result("summary", {"loss": 1.0})
+    (run.path / "params.json").unlink()
+    return run.path
+
+
+def test_a_directory_without_params_json_is_never_resumed(tmp_path):
+    path = _half_deleted_run(tmp_path)
+    for resume in (True, "auto"):
+        with pytest.raises(ValueError, match=rf"{re.escape(str(path))}.*no params\.json.*resume=False"):
+            Run("half", root=tmp_path, params={"lr": 0.2}, resume=resume)
+    fresh = Run("half", root=tmp_path, params={"lr": 0.2}, resume=False)  # only run files: may be deleted
+    assert fresh.latest_checkpoint() is None and fresh.metrics == [] and not fresh.has_result("summary")
+
+    (tmp_path / "new").mkdir()  # but a creation killed before params.json's rename is no run yet
+    (tmp_path / "new" / ".params.json.x1y2.tmp").write_text('{"par')
+    run = Run("new", root=tmp_path, params={"a": 1}, resume="auto")
+    assert run.params == {"a": 1} and not run.resumed and _leftovers(run.path) == []
+
+
+def test_a_foreign_directory_is_neither_resumed_nor_deleted(tmp_path):
+    path = _half_deleted_run(tmp_path, "mixed")
+    (path / "notes.txt").write_text("mine")
+    for resume in (True, "auto"):
+        with pytest.raises(ValueError, match="not a run directory"):
+            Run("mixed", root=tmp_path, params={"lr": 0.1}, resume=resume)
+    with pytest.raises(ValueError, match="refusing to delete"):
+        Run("mixed", root=tmp_path, resume=False)
+    assert sorted(p.name for p in path.iterdir()) == ["checkpoints", "metrics.jsonl", "notes.txt", "results"]
+
+
+def test_resume_false_renames_the_run_aside_and_leftovers_are_removed(tmp_path, monkeypatch):
+    import l2o_lib.results as results
+
+    old = Run("r", root=tmp_path, params={"lr": 0.1})
+    old.save_checkpoint({"x": torch.tensor(1.0)}, 3)
+    deleted = []
+    monkeypatch.setattr(results.shutil, "rmtree", lambda path, **kw: deleted.append(path))  # "killed" here
+    fresh = Run("r", root=tmp_path, params={"lr": 0.2}, resume=False)
+    assert fresh.latest_checkpoint() is None and fresh.params == {"lr": 0.2}
+    assert len(deleted) == 1 and deleted[0].parent == tmp_path and deleted[0].name.startswith(".r.deleting-")
+    assert (deleted[0] / "checkpoints" / "step_00000003.pt").exists()  # moved whole, not yet deleted
+    monkeypatch.undo()
+    Run("other", root=tmp_path)  # any run opened in the root finishes the deletion
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "r"]
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    run = Run("ck", root=tmp_path, params={"n": 1})
+    for step in (10, 20, 30):
+        run.log_metrics(step - 1, loss=float(step))
+        run.save_checkpoint({"w": torch.full((3,), float(step))}, step, keep=2)
+    newest = run.path / "checkpoints" / "step_00000030.pt"
+    _truncate(newest)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(newest))} is damaged.*delete it"):
+        run.load_checkpoint(30)  # an explicit step: no fallback, the file stays
+    assert run.checkpoint_steps == [20, 30]
+
+    with pytest.warns(RuntimeWarning, match=r"step_00000030\.pt is damaged.*older checkpoint"):
+        start, state = resume_or_start(run, lambda: pytest.fail("must resume from step 20"))
+    assert start == 20 and torch.equal(state["w"], torch.full((3,), 20.0))
+    assert run.checkpoint_steps == [20] and (newest.parent / "step_00000030.pt.corrupt").exists()
+    assert [m["step"] for m in run.metrics] == [9, 19]
+
+
+def test_when_no_checkpoint_is_intact_the_run_starts_over_with_a_warning(tmp_path):
+    run = Run("ck", root=tmp_path)
+    run.save_checkpoint({"w": torch.ones(2)}, 1)
+    (run.path / "checkpoints" / "step_00000001.pt").write_bytes(b"")
+    with pytest.warns(RuntimeWarning) as warned:
+        start, state = resume_or_start(run, lambda: {"w": torch.zeros(2)})
+    assert ["is damaged" in str(w.message) for w in warned] == [True, False]
+    assert "has no intact checkpoint left: starting from the beginning" in str(warned[1].message)
+    assert start == 0 and torch.equal(state["w"], torch.zeros(2)) and run.checkpoint_steps == []
+
+
+def test_an_intact_checkpoint_that_torch_refuses_is_not_set_aside(tmp_path):
+    run = Run("np", root=tmp_path)
+    run.save_checkpoint({"rng": np.random.default_rng(0).bit_generator.state, "a": np.ones(2)}, 1)
+    run.save_checkpoint({"w": torch.ones(1)}, 2)
+    _truncate(run.path / "checkpoints" / "step_00000002.pt")
+    with pytest.warns(RuntimeWarning, match="damaged"), pytest.raises(Exception, match="Weights only load failed"):
+        run.latest_checkpoint()  # step 2 is damaged; step 1 is intact but needs weights_only=False
+    assert run.checkpoint_steps == [1]
+    assert run.latest_checkpoint(weights_only=False)[0] == 1
+
+
+def test_a_zero_byte_nes_checkpoint_resumes_from_the_previous_one(tmp_path):
+    from l2o_lib.meta import nes_train
+
+    def fitness(members, generation):
+        return -(members - 1.0).pow(2).sum(1)
+
+    run = Run("nes", root=tmp_path, params={"g": 4})
+    nes_train(torch.zeros(4), fitness, generations=4, pairs=2, checkpoint_every=2, run=run, desc=None)
+    assert run.checkpoint_steps == [2, 4]
+    (run.path / "checkpoints" / "step_00000004.pt").write_bytes(b"")
+    with pytest.warns(RuntimeWarning, match=r"step_00000004\.pt is damaged: it is empty"):
+        res = nes_train(torch.zeros(4), fitness, generations=4, pairs=2, checkpoint_every=2, run=run, desc=None)
+    assert res.start == 2 and run.checkpoint_steps == [2, 4]
+
+
+def _sl2o_problem():
+    from l2o_lib.data import load_dataset
+    from l2o_lib.functional import FlatModel
+    from l2o_lib.models import build_model
+    from l2o_lib.sl2o import Problem
+    from l2o_lib.subspace import random_subspace
+
+    data = load_dataset("logistic", n_train=64, n_test=32, dim=4, seed=0)
+    model = FlatModel(build_model("mlp", data.input_shape, data.num_classes, hidden=(4,), seed=0))
+    space = random_subspace(model.dim, 3, origin=model.flatten(), seed=0)
+    return Problem(model, (data.train.x, data.train.y), 16, space)
+
+
+def _mlrsnet_meta_train(run):
+    from l2o_lib.data import ArrayData
+    from l2o_lib.functional import FlatModel
+    from l2o_lib.mlrsnet import meta_train
+
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
+    data = ArrayData(x, (x[:, 0] > 0).long())
+    model = FlatModel(torch.nn.Sequential(torch.nn.Linear(5, 2)))
+    return meta_train(model, data, data, steps=4, num_classes=2, t_val=2, batch_size=8, val_batch_size=8,
+                      hidden=4, run=run, checkpoint_every=2, desc=None)
+
+
+def test_a_checkpoint_of_another_trainer_is_refused_naming_both(tmp_path):
+    from l2o_lib.meta import load_meta_state, meta_state, nes_train
+    from l2o_lib.sl2o import LSTMRule
+    from l2o_lib.sl2o import meta_train as sl2o_meta_train
+
+    sl2o_run = Run("sl2o", root=tmp_path)
+    sl2o_meta_train(LSTMRule(hidden=4), _sl2o_problem(), epochs=1, steps_per_task=4, unroll=2, run=sl2o_run, desc=None)
+    with pytest.raises(ValueError, match=r"'sl2o' meta-training, not 'nes'.*another run name.*resume=False"):
+        nes_train(torch.zeros(3), lambda m, g: -m.pow(2).sum(1), generations=2, pairs=2, run=sl2o_run, desc=None)
+    with pytest.raises(ValueError, match=r"'sl2o' meta-training, not 'mlrsnet'"):
+        _mlrsnet_meta_train(sl2o_run)
+
+    mlrsnet_run = Run("mlrsnet", root=tmp_path)
+    _mlrsnet_meta_train(mlrsnet_run)
+    with pytest.raises(ValueError, match=r"'mlrsnet' meta-training, not 'sl2o'"):
+        sl2o_meta_train(LSTMRule(hidden=4), _sl2o_problem(), epochs=5, steps_per_task=4, unroll=2, run=mlrsnet_run,
+                        desc=None)
+
+    # A checkpoint written before kinds were recorded still loads.
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(net.parameters())
+    assert load_meta_state(meta_state(net, opt, epoch=1), net, opt, kind="sl2o") == {"epoch": 1}
+
+
+@pytest.mark.parametrize("module_name", ["sl2o", "mlrsnet", "l3rs"])
+def test_a_truncated_trained_file_names_it_and_the_notebook(tmp_path, module_name):
+    import importlib
+
+    module = importlib.import_module(f"l2o_lib.{module_name}")
+    path = tmp_path / f"{module_name}.pt"
+    if module_name == "sl2o":
+        module.save_trained(path, module.LSTMRule(hidden=4))
+    elif module_name == "mlrsnet":
+        from l2o_lib.mlrsnet import MLRSNet, TrainedSchedule
+
+        module.save_trained(TrainedSchedule([MLRSNet(4, seed=0).state_dict()], hidden=4), path)
+    else:
+        config = module.L3RSConfig(n_layers=2)
+        module.save_trained(path, module.init_phi(config, seed=0), config)
+    assert module.load_trained(path) is not None
+    _truncate(path)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is damaged.*rerun notebook 0[345]_"):
+        module.load_trained(path)

@@ -198,6 +198,66 @@ def test_checkpoint_and_resume(task, tmp_path):
         torch.testing.assert_close(a, b)
 
 
+def test_resume_keeps_the_guards_reference_loss(task, tmp_path):
+    # explode < 1 makes the first accepted meta-loss decide every later step: a resumed run that
+    # forgot it would take its own first unroll as the reference and accept what the run refused.
+    p = problem(task)
+    kwargs = dict(steps_per_task=20, unroll=10, explode=0.995, patience=50)
+    straight = LSTMRule()
+    whole = meta_train(straight, p, epochs=3, **kwargs)
+    meta_train(LSTMRule(), p, epochs=1, run=Run("ref", root=tmp_path, params={"x": 1}), **kwargs)
+    resumed = LSTMRule()
+    history = meta_train(resumed, p, epochs=3, run=Run("ref", root=tmp_path, params={"x": 1}), **kwargs)
+    assert len(whole.events) >= 2 and history.events == whole.events
+    assert history.meta_loss == whole.meta_loss and history.epoch_test_loss == whole.epoch_test_loss
+    assert history.best_epoch == whole.best_epoch
+    for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_fewer_epochs_than_the_run_holds_is_refused(task, tmp_path):
+    p = problem(task)
+    meta_train(LSTMRule(), p, epochs=3, steps_per_task=10, unroll=10, run=Run("few", root=tmp_path, params={"x": 1}))
+    with pytest.raises(ValueError, match="epochs=2 is smaller than the 3 the run already holds"):
+        meta_train(LSTMRule(), p, epochs=2, steps_per_task=10, unroll=10, run=Run("few", root=tmp_path))
+    history = meta_train(LSTMRule(), p, epochs=3, steps_per_task=10, unroll=10, run=Run("few", root=tmp_path))
+    assert len(history.epoch_test_loss) == 3   # the finished run itself still loads
+
+
+def test_an_epoch_is_scored_by_the_rule_it_ended_with(task):
+    p = problem(task)
+
+    class PoisonedLastUnroll(LSTMRule):
+        calls = 0
+
+        def forward(self, grad, features, carry):
+            type(self).calls += 1
+            step, carry = super().forward(grad, features, carry)
+            return (step * float("nan") if type(self).calls == 15 else step), carry
+
+    rule = PoisonedLastUnroll(scale=0.3)
+    history = meta_train(rule, p, epochs=1, steps_per_task=20, unroll=10)
+    assert [e.step for e in history.events] == [1]   # the second and last unroll was refused
+    # The epoch ended with the rule rolled back to after the first unroll: score that rule on the task.
+    plain = LSTMRule(scale=0.3)
+    plain.load_state_dict(rule.state_dict())
+    ended = train_flat(p.model, sl2o(plain, p.space), _TaskBatches(p, seed=0), steps=20, theta=p.space.origin)
+    start = p.model.evaluate(p.space.origin, *p.test)["loss"]
+    expected = float(p.model.evaluate(ended.theta, *p.test)["loss"])
+    assert history.epoch_test_loss == [pytest.approx(expected, rel=1e-5)] and expected != pytest.approx(float(start))
+
+
+class _TaskBatches:
+    """The batches of meta-training's task ``seed`` (``Problem.batches``, one task), as a sampler."""
+
+    def __init__(self, p, seed):
+        self.p, self.generator = p, torch.Generator().manual_seed(seed)
+
+    def sample(self):
+        x, y = self.p.batches(self.generator, 1)
+        return x[0], y[0]
+
+
 def test_save_load_gives_the_same_updates(tmp_path):
     rule = LSTMRule(hidden=6, layers=2, scale=0.2, seed=4)
     space = random_subspace(30, 12, seed=1)

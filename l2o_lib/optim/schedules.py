@@ -15,7 +15,7 @@ from typing import Sequence
 from ..config import check_choice, check_int, check_nonnegative, check_positive
 from .base import Schedule
 
-__all__ = ["constant", "multistep", "exponential", "cosine", "sgdr", "SCHEDULES", "get_schedule"]
+__all__ = ["constant", "multistep", "exponential", "cosine", "sgdr", "SCHEDULES", "get_schedule", "schedule_values"]
 
 
 def constant(lr: float) -> Schedule:
@@ -89,3 +89,26 @@ def get_schedule(name: str, **kwargs) -> Schedule:
     """Build a schedule by name (``constant``, ``multistep``, ``exponential``, ``cosine``, ``sgdr``)."""
     check_choice("schedule", name, SCHEDULES)
     return SCHEDULES[name](**kwargs)
+
+
+def schedule_values(schedule: Schedule, steps: int, *, name: str = "schedule") -> list[float]:
+    """``[schedule(0), …, schedule(steps - 1)]`` as floats, checked before a run uses them.
+
+    A value that is not a finite number ``>= 0`` (a NaN from a hand-written lambda, an overflow
+    of ``exponential`` with ``gamma > 1`` over a long run) raises a ``ValueError`` naming
+    ``name`` and the step, instead of training to a NaN loss.
+    """
+    check_int("steps", steps)
+    if not callable(schedule):
+        raise ValueError(f"{name} must be a callable step -> lr, got {schedule!r}")
+    values = []
+    for step in range(steps):
+        try:
+            value = float(schedule(step))
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} returned {value!r} at step {step}; a learning-rate schedule must return "
+                             "finite numbers >= 0")
+        values.append(value)
+    return values
