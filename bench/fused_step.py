@@ -1,9 +1,9 @@
 """SL2O's update fused by ``torch.compile`` vs the module path, alone (no model), per step.
 
-ours:      :func:`l2o_lib.fused.fused_rnnprop` with ``compile="always"``: the moments, RNNprop features,
+ours:      :func:`l2o_lib.rnnprop.fused_rnnprop` with ``compile="always"``: the moments, RNNprop features,
            LSTM cell and output layer as one compiled function (Triton kernels on CUDA, inductor's C++
            on a CPU). The compilation happens in the warm-up calls and is reported (``compile_s``).
-reference: :func:`l2o_lib.sl2o.rnnprop` around :class:`~l2o_lib.sl2o.LSTMRule` (``nn.LSTMCell``), the
+reference: :func:`l2o_lib.rnnprop.rnnprop` around :class:`~l2o_lib.rnnprop.LSTMRule` (``nn.LSTMCell``), the
            readable path the fused one is tested against; ``..._eager_fused_s`` is the fused function
            uncompiled (the CPU default of ``compile="auto"``).
 
@@ -20,7 +20,7 @@ import time
 import torch
 
 from l2o_lib.benchmark import time_per_call
-from l2o_lib.sl2o import LSTMRule, RNNpropState, rnnprop
+from l2o_lib.rnnprop import LSTMRule, RNNpropState, rnnprop
 
 
 def _stepper(rule, n, device, *, differentiable, **kwargs):

@@ -1,6 +1,6 @@
 """How the cost of an SL2O first-order meta-training inner step grows with the model and the meta-batch.
 
-Every point times :func:`l2o_lib.sl2o.meta_train`'s inner loop (``_run_task``, first order, T = 10, an
+Every point times :func:`l2o_lib.sl2o.meta_train`'s inner loop (``run_task``, first order, T = 10, an
 Adam meta-step at the end of every unroll, as in ``bench/sl2o_meta_step.py``) in a random 40-dimensional
 subspace through the model's initial weights, per inner step, and a plain ``torch.optim.SGD`` step of the
 same model at the same batch size (``sgd_s``), timed in the same alternating rounds so that drift in the
@@ -26,7 +26,8 @@ import torch
 from l2o_lib.benchmark import median_times, torch_sgd_steps
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
-from l2o_lib.sl2o import LSTMRule, Problem, _descend, _run_task, rnnprop
+from l2o_lib.rnnprop import LSTMRule, rnnprop
+from l2o_lib.sl2o import Problem, run_task, step_on_unroll
 from l2o_lib.subspace import random_subspace
 
 D_SUB, T = 40, 10
@@ -50,11 +51,11 @@ def _point(name: str, *, tasks: int, batch: int, unrolls: int, rounds: int, devi
     gen = torch.Generator(device=device).manual_seed(0)
     steps = T * unrolls
 
-    on_unroll = _descend(meta_opt)
+    on_unroll = step_on_unroll(meta_opt)
 
     def meta_steps(n):
-        return lambda: _run_task(problem, transform, gen, steps=n, unroll=T, tasks=tasks, first_order=True,
-                                 on_unroll=on_unroll)
+        return lambda: run_task(problem, transform, gen, steps=n, unroll=T, tasks=tasks, first_order=True,
+                                on_unroll=on_unroll)
 
     sgd_module = build_model(name, shape, 10, seed=0).to(device)
 

@@ -1,6 +1,6 @@
 """One SL2O meta-training inner step (first order, T = 10) on ResNet-20 with CIFAR-shaped data, d = 40.
 
-ours:      :func:`l2o_lib.sl2o.meta_train`'s loop (``_run_task``) on the flat parameters: one
+ours:      :func:`l2o_lib.sl2o.meta_train`'s loop (``run_task``) on the flat parameters: one
            ``loss`` + ``autograd.grad`` per step with respect to the 40 coordinates, the LSTM on
            40 rows, and every T steps a backward pass through the LSTM chain only (the
            first-order surrogate) and an Adam step. Timed over several unrolls, per inner step.
@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from l2o_lib.benchmark import median_times, target, torch_sgd_steps
 from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
-from l2o_lib.sl2o import LSTMRule, Problem, _descend, _run_task, rnnprop
+from l2o_lib.rnnprop import LSTMRule, rnnprop
+from l2o_lib.sl2o import Problem, run_task, step_on_unroll
 from l2o_lib.subspace import random_subspace
 
 D_SUB, T = 40, 10
@@ -58,11 +59,11 @@ def run(*, quick: bool, device: str) -> dict:
     transform = rnnprop(rule, differentiable=True)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    on_unroll = _descend(meta_opt)
+    on_unroll = step_on_unroll(meta_opt)
 
     def ours(first_order=True):
-        _run_task(problem, transform, gen, steps=steps, unroll=T, tasks=1, first_order=first_order,
-                  on_unroll=on_unroll)
+        run_task(problem, transform, gen, steps=steps, unroll=T, tasks=1, first_order=first_order,
+                 on_unroll=on_unroll)
 
     # ---- reference style
     model = build_model("resnet20", (3, 32, 32), 10, seed=0).to(device).train()

@@ -23,11 +23,12 @@ Modules:
 ``report``         the methods side by side (notebook 08, README) from summaries and bench records
 ``subspace``       DLDR / random subspaces, ``dagger`` (any optimizer on coordinates); ``lora``
 ``pbfgs``          P-BFGS / P+-BFGS in a subspace, with an Armijo line search
-``sl2o``           SL2O: coordinate-wise LSTM optimizer, truncated-BPTT meta-training
-``fused``          SL2O's RNNprop + LSTM step as one function for ``torch.compile``
+``rnnprop``        coordinate-wise LSTM rule, RNNprop transform, its fused step for ``torch.compile``
+``sl2o``           SL2O: the RNNprop LSTM on subspace coordinates, truncated-BPTT meta-training
 ``mlrsnet``        MLR-SNet LR-schedule LSTM, meta-train/test, HD baseline
 ``l3rs``           L3RS: learned per-layer mix of base optimizers, fine-tuning tasks; NES in ``meta``
 ``meta``           divergence guard and meta-checkpoints shared by the meta-trainers
+``artifacts``      save / load trained optimizers by kind (``sl2o``, ``mlrsnet``, ``l3rs``)
 ``population``     many runs of one architecture as one vmapped program (seeds x grids)
 ``landscape``      loss-landscape planes, batched grids, trajectory projection
 =================  ===========================================================================

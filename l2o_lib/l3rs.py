@@ -81,14 +81,14 @@ from .functional import FlatModel
 from .models import build_model
 from .optim import FlatOptimizer, Transform, adam, adamax, lamb, lion, segment_ids
 from .optim.baselines import AdamState, MomentumState
-from .results import artifact_path, atomic_torch_save, find_artifact, load_torch_file
+from .results import atomic_torch_save
 from .training import History, mean_train_loss, progress, run_loop
 
 __all__ = [
     "BASES", "feature_names", "L3RSConfig", "L3RSState", "init_phi", "unpack_phi", "policy", "combine", "l3rs", "L3RS",
     "features_dim", "finetune", "population_losses", "population_fitness",
     "pretrain_backbone", "FinetuneTask", "TaskFamily", "head_only", "baseline_factories",
-    "tune_baselines", "compare_methods", "family_from_setup", "speedup_records", "save_trained", "trained_path", "load_trained", "Trained",
+    "tune_baselines", "compare_methods", "family_from_setup", "speedup_records", "Trained",
 ]
 
 BASES = ("sgd", "adam", "lion", "lamb", "adamax", "weight_decay")
@@ -179,7 +179,7 @@ class L3RSConfig:
         return sum(math.prod(s) for _, s in self.layout())
 
     def as_dict(self) -> dict:
-        """JSON-friendly fields (for checkpoints and :func:`save_trained`)."""
+        """JSON-friendly fields (for checkpoints and :meth:`Trained.state`)."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
@@ -792,7 +792,7 @@ class TaskFamily:
 
 def family_from_setup(setup: dict, *, device: str = "cpu", cache_dir: str | os.PathLike = "data/l3rs") -> TaskFamily:
     """The :class:`TaskFamily` an optimizer was meta-trained on, rebuilt from the ``setup`` that
-    :func:`save_trained` stored (notebook 05 records the dataset, model, classes and pretraining);
+    :class:`Trained` stored (notebook 05 records the dataset, model, classes and pretraining);
     the backbone comes from the pretraining cache, or is pretrained again identically."""
     from .data import load_dataset
 
@@ -918,39 +918,26 @@ def speedup_records(histories: dict[str, list[History]], *, method: str, baselin
 
 
 class Trained(NamedTuple):
-    """A saved L3RS optimizer: meta-parameters, configuration, layer names and the task setup
-    it was meta-trained on (dataset, model, classes, steps: what later notebooks need to rebuild it)."""
+    """A meta-trained L3RS optimizer: meta-parameters, configuration, layer names and the task setup
+    it was meta-trained on (dataset, model, classes, steps: what later notebooks need to rebuild it,
+    see :func:`family_from_setup`). Saved and loaded as kind ``"l3rs"`` by :mod:`~l2o_lib.artifacts`."""
 
     phi: Tensor
     config: L3RSConfig
-    layer_names: list
-    setup: dict
+    layer_names: Sequence[str] = ()
+    setup: dict | None = None
 
+    def state(self) -> dict:
+        """A ``torch.save``-able dict of plain types (the file loads with ``weights_only=True``)."""
+        if not isinstance(self.config, L3RSConfig):
+            raise ValueError(f"config must be an L3RSConfig, got {type(self.config).__name__}")
+        unpack_phi(self.phi, self.config)  # refuses a phi of the wrong size
+        setup = json.loads(json.dumps(self.setup or {}))  # plain types only: tuples become lists
+        return {"phi": self.phi.detach().cpu(), "config": self.config.as_dict(),
+                "layer_names": list(self.layer_names), "setup": setup}
 
-def save_trained(path: str | os.PathLike, phi: Tensor, config: L3RSConfig, layer_names: Sequence[str] = (),
-                 setup: dict | None = None) -> Path:
-    """Write ``phi``, its configuration and a JSON-able ``setup`` dict atomically to ``path``."""
-    if not isinstance(config, L3RSConfig):
-        raise ValueError(f"config must be an L3RSConfig, got {type(config).__name__}")
-    unpack_phi(phi, config)
-    setup = json.loads(json.dumps(setup or {}))  # plain types only: the file loads with weights_only=True
-    return atomic_torch_save(path, {"phi": phi.detach().cpu(), "config": config.as_dict(),
-                                    "layer_names": list(layer_names), "setup": setup})
-
-
-def trained_path(profile: str, root: str | os.PathLike = "runs") -> Path:
-    """Where notebook 05 keeps the optimizer meta-trained under ``profile``."""
-    return artifact_path(profile, "05_l3rs", "l3rs.pt", root)
-
-
-def load_trained(profile_or_path: str | os.PathLike, *, root: str | os.PathLike = "runs",
-                 map_location="cpu") -> Trained | None:
-    """The optimizer saved by notebook 05 under a profile or at a path; ``None`` when there is none.
-    A damaged file raises :class:`~l2o_lib.results.CorruptFileError` (a ``ValueError``) naming it."""
-    path = find_artifact(profile_or_path, "05_l3rs", "l3rs.pt", root)
-    if path is None:
-        return None
-    blob = load_torch_file(path, map_location=map_location,
-                           fix="rerun notebook 05_l3rs to write it again, or delete it")
-    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in blob["config"].items()}
-    return Trained(blob["phi"], L3RSConfig(**cfg), list(blob["layer_names"]), dict(blob.get("setup", {})))
+    @classmethod
+    def from_state(cls, state: dict) -> "Trained":
+        """Rebuild from :meth:`state` output."""
+        cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items()}
+        return cls(state["phi"], L3RSConfig(**cfg), list(state["layer_names"]), dict(state.get("setup", {})))

@@ -31,8 +31,8 @@ What is here:
 * :func:`lookahead_meta_loss` and :func:`meta_train` (checkpoints and resume through
   :class:`~l2o_lib.results.Run`, NaN/explosion rollback through
   :class:`~l2o_lib.meta.DivergenceGuard`);
-* :class:`TrainedSchedule` (the snapshots; save / load; :func:`load_trained` for later
-  notebooks) and :class:`MLRSNetScheduler`, which drives any ``torch.optim`` optimizer;
+* :class:`TrainedSchedule` (the snapshots, saved and loaded as kind ``"mlrsnet"`` by
+  :mod:`~l2o_lib.artifacts`) and :class:`MLRSNetScheduler`, which drives any ``torch.optim`` optimizer;
 * :func:`mlrsnet_rule`, the meta-test of many runs at once for
   :func:`~l2o_lib.population.train_population` (seeds and baselines side by side);
 * the hypergradient-descent baseline :func:`hypergradient_sgd` (Baydin et al., 2018) and input
@@ -52,10 +52,8 @@ baselines are not implemented.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -72,13 +70,13 @@ from .meta import DivergenceGuard, GuardEvent, check_meta_kind, check_not_past, 
 from .optim import momentum as momentum_transform
 from .optim.base import Transform
 from .population import Rule, schedule_table, transform_rule
-from .results import Run, artifact_path, atomic_torch_save, find_artifact, load_torch_file, resume_or_start
+from .results import Run, resume_or_start
 from .training import History, _all_finite, _finish, progress
 
 __all__ = [
     "LRCarry", "gamma_bound", "mlrsnet_lr", "mlrsnet_lr_reference", "MLRSNet", "initial_loss",
     "lookahead_meta_loss", "MetaTrainResult", "meta_train", "snapshot_steps", "snapshot_index",
-    "TrainedSchedule", "save_trained", "load_trained", "trained_path", "MLRSNetScheduler",
+    "TrainedSchedule", "MLRSNetScheduler",
     "mlrsnet_rule", "HDState", "hypergradient_sgd", "corrupt", "split_validation",
     "MethodConfig", "HAND_DESIGNED", "hand_schedule", "baseline_configs", "Comparison", "compare_schedules",
 ]
@@ -595,29 +593,6 @@ class TrainedSchedule:
         if not isinstance(state, Mapping) or state.get("format") != "mlrsnet-schedule/1":
             raise ValueError("state is not a saved MLR-SNet schedule (format 'mlrsnet-schedule/1')")
         return cls(state["snapshots"], hidden=int(state["hidden"]), info=state.get("info"))
-
-
-def save_trained(schedule: TrainedSchedule, path: str | os.PathLike) -> Path:
-    """Write ``schedule`` to ``path`` atomically; returns the path."""
-    if not isinstance(schedule, TrainedSchedule):
-        raise ValueError(f"schedule must be a TrainedSchedule, got {type(schedule).__name__}")
-    return atomic_torch_save(path, schedule.state())
-
-
-def trained_path(profile: str, root: str | os.PathLike = "runs") -> Path:
-    """Where notebook 04 keeps the schedule trained under ``profile``."""
-    return artifact_path(profile, "04_mlrsnet", "mlrsnet.pt", root)
-
-
-def load_trained(profile_or_path: str | os.PathLike, *, root: str | os.PathLike = "runs") -> TrainedSchedule | None:
-    """The schedule saved by notebook 04 under a profile (``"ci"``, ``"quick"``, ``"paper"``) or at
-    a path; ``None`` when there is none yet (run notebook 04 first). A damaged file raises
-    :class:`~l2o_lib.results.CorruptFileError` (a ``ValueError``) naming it."""
-    path = find_artifact(profile_or_path, "04_mlrsnet", "mlrsnet.pt", root)
-    if path is None:
-        return None
-    state = load_torch_file(path, fix="rerun notebook 04_mlrsnet to write it again, or delete it")
-    return TrainedSchedule.from_state(state)
 
 
 class MLRSNetScheduler:

@@ -28,6 +28,9 @@ from .config import PROFILES, check_choice, resolve_device
 __all__ = ["Rule", "NotebookSpec", "NOTEBOOKS", "TRAIN_SIZES", "check_notebook_params", "check",
            "notebook_source", "parameter_defaults", "notebook_settings", "dldr_cap"]
 
+# Defined here, not in runner: runner imports this module, so importing runner from here is a circle.
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -286,8 +289,6 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
 
 def notebook_source(stem: str, directory: Path | None = None) -> tuple[str, str]:
     """``(parameters cell, the rest of the code)`` of ``notebooks/<stem>.ipynb`` as source text."""
-    from .runner import NOTEBOOK_DIR
-
     path = Path(directory or NOTEBOOK_DIR) / f"{stem}.ipynb"
     try:
         cells = [c for c in json.loads(path.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]

@@ -28,7 +28,7 @@ __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "NotebookFailure", "NotebookResult", "fi
            "check_parameters", "run_notebook", "run_notebooks", "collect_summaries"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOK_DIR = nbparams.NOTEBOOK_DIR  # REPO_ROOT / "notebooks"
 
 
 @dataclass

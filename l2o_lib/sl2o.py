@@ -1,17 +1,12 @@
 """SL2O (Chen et al.): a coordinate-wise LSTM optimizer acting on subspace coordinates.
 
-The learned optimizer sees, per coordinate, the RNNprop features of Lv et al. (bias-corrected
-Adam moments, ``m̂ / √(v̂ + ε)`` and ``g / √(v̂ + ε)`` with β1 = 0.9, β2 = 0.99) and outputs the
-coordinate's step through ``LSTMCell → Linear (no bias) → tanh × scale``; the reference size is
-one cell of 8 units (392 weights). Acting on the d coordinates of a :class:`~l2o_lib.subspace.Subspace`
+The learned optimizer is :mod:`~l2o_lib.rnnprop`'s :class:`~l2o_lib.rnnprop.LSTMRule` seeing the
+RNNprop features of Lv et al. (:func:`~l2o_lib.rnnprop.rnnprop`; both, and ``RNNpropState``, are
+re-exported here). Acting on the d coordinates of a :class:`~l2o_lib.subspace.Subspace`
 (``W = W0 + zᵀ P``) is SL2O; acting on every parameter of a small model is plain L2O.
 
 Pieces, from the core outwards:
 
-* :class:`LSTMRule`: the network, one call for all coordinates (any leading shape, so K tasks
-  are one batch of ``K·d`` rows, no vmap needed for the optimizer itself);
-* :func:`rnnprop`: the pure :class:`~l2o_lib.optim.Transform` around any rule (the LSTM, or a
-  fixed rule such as ``lr · g`` in tests, which then *is* SGD);
 * :func:`sl2o`: ``dagger(rnnprop(rule), subspace)``; :class:`SL2O`: the ``torch.optim`` adapter;
 * :func:`meta_train`: truncated-BPTT meta-training (Algorithm 1): tasks of ``steps_per_task``
   inner steps, a meta-step every ``unroll`` steps on the summed training losses, Adam on the
@@ -32,131 +27,32 @@ first step of the next one, so no extra forward pass is spent on it.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, NamedTuple, Protocol, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import vmap
 
 from .config import check_int, check_positive, check_seed
 from .finite import check_finite_data
 from .functional import FlatModel
-from .fused import fused_rnnprop
 from .meta import DivergenceGuard, GuardEvent, check_meta_kind, check_not_past, load_meta_state, meta_state
-from .results import artifact_path, atomic_torch_save, find_artifact, load_torch_file
 from .optim.adapter import FlatOptimizer
-from .optim.base import Transform, check_betas
+from .optim.base import Transform
 from .lora import LoRASpace, lora_dagger
+from .rnnprop import LSTMRule, RNNpropState, Rule, rnnprop
 from .subspace import Subspace, dagger
 from .training import progress
 
-__all__ = ["LSTMRule", "RNNpropState", "rnnprop", "sl2o", "SL2O", "Problem", "MetaHistory", "meta_train", "meta_gradient",
-           "Trained", "save_trained", "trained_path", "load_trained"]
-
-
-class Rule(Protocol):
-    """What :func:`rnnprop` needs from a learned (or fixed) rule."""
-
-    def init_carry(self, grad: Tensor) -> Tensor: ...
-
-    def __call__(self, grad: Tensor, features: Tensor, carry: Tensor) -> tuple[Tensor, Tensor]: ...
-
-
-class LSTMRule(nn.Module):
-    """The coordinate-wise network: ``layers`` LSTM cells → ``Linear(hidden, 1, bias=False)`` → ``tanh × scale``.
-
-    Args:
-        hidden: units per LSTM cell (reference: 8).
-        layers: stacked cells (reference: 1).
-        scale: output scale; a coordinate moves at most ``scale`` per step (reference: 1).
-        input_size: features per coordinate (RNNprop: 2).
-        seed: initialisation seed (PyTorch's default LSTM/Linear initialisation).
-    """
-
-    def __init__(self, hidden: int = 8, layers: int = 1, scale: float = 1.0, input_size: int = 2, seed: int = 0):
-        super().__init__()
-        self.hidden = check_int("hidden", hidden)
-        self.layers = check_int("layers", layers)
-        self.scale = check_positive("scale", scale)
-        self.input_size = check_int("input_size", input_size)
-        check_seed("seed", seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.cells = nn.ModuleList(nn.LSTMCell(input_size if i == 0 else hidden, hidden) for i in range(layers))
-            self.out = nn.Linear(hidden, 1, bias=False)
-            # Untrained steps of at most ~scale/10: the first meta-steps then start from a stable,
-            # slow optimizer instead of a random walk of full-size steps (which diverges at scale 1).
-            self.out.weight.data.mul_(0.1)
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale:g}"
-
-    def init_carry(self, grad: Tensor) -> Tensor:
-        """Zero LSTM state for every coordinate of ``grad``: ``(2, layers, grad.numel(), hidden)``."""
-        return grad.new_zeros(2, self.layers, grad.numel(), self.hidden)
-
-    def forward(self, grad: Tensor, features: Tensor, carry: Tensor) -> tuple[Tensor, Tensor]:
-        """The step of every coordinate (shaped like ``grad``) and the new carry."""
-        x = features.reshape(-1, self.input_size)
-        hs, cs = [], []
-        for i, cell in enumerate(self.cells):
-            h, c = cell(x, (carry[0, i], carry[1, i]))
-            hs.append(h)
-            cs.append(c)
-            x = h
-        step = torch.tanh(self.out(x)).view_as(grad) * self.scale
-        return step, torch.stack([torch.stack(hs), torch.stack(cs)])
-
-
-class RNNpropState(NamedTuple):
-    m: Tensor      # first moment of the gradient
-    v: Tensor      # second moment
-    carry: Tensor  # the rule's recurrent state
-
-
-def rnnprop(rule: Rule, *, betas: Sequence[float] = (0.9, 0.99), eps: float = 1e-8,
-            differentiable: bool = False, fused: bool = False, compile: str = "auto") -> Transform:
-    """The learned optimizer as a pure transform: ``delta = -rule(g, [m̂/√(v̂+ε), g/√(v̂+ε)], carry)``.
-
-    Args:
-        rule: an :class:`LSTMRule` or any object with ``init_carry(grad)`` and
-            ``rule(grad, features, carry) -> (step, carry)``.
-        betas: the feature moments' decay rates (paper: 0.9, 0.99).
-        eps: added to ``v̂`` under the square root (Algorithm 1).
-        differentiable: keep the autograd graph through the rule (meta-training); otherwise the
-            rule runs under ``no_grad`` so a long meta-test builds no graph.
-        fused: run an :class:`LSTMRule` through :func:`~l2o_lib.fused.fused_rnnprop`, one pure
-            function ``torch.compile`` can fuse (same state and numbers); ``compile`` is its mode
-            (``"auto"``: compiled on CUDA, eager elsewhere).
-    """
-    if fused:
-        return fused_rnnprop(rule, betas=betas, eps=eps, differentiable=differentiable, compile=compile)
-    beta1, beta2 = check_betas(betas)
-    check_positive("eps", eps)
-    if not callable(rule) or not hasattr(rule, "init_carry"):
-        raise ValueError("rule must be callable and have init_carry(grad), e.g. an LSTMRule")
-
-    def init(theta: Tensor) -> RNNpropState:
-        return RNNpropState(torch.zeros_like(theta), torch.zeros_like(theta), rule.init_carry(theta))
-
-    def update(grad: Tensor, state: RNNpropState, theta: Tensor, step: int):
-        m = beta1 * state.m + (1 - beta1) * grad
-        v = beta2 * state.v + (1 - beta2) * grad * grad
-        scale = torch.rsqrt(v / (1 - beta2 ** (step + 1)) + eps)
-        features = torch.stack([m / (1 - beta1 ** (step + 1)) * scale, grad * scale], dim=-1)
-        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-            out, carry = rule(grad, features, state.carry)
-        return -out, RNNpropState(m, v, carry)
-
-    return Transform(init, update)
+# LSTMRule, RNNpropState and rnnprop live in l2o_lib.rnnprop; re-exported because notebooks import them from here.
+__all__ = ["LSTMRule", "RNNpropState", "rnnprop", "sl2o", "SL2O", "Problem", "MetaHistory", "run_task",
+           "step_on_unroll", "meta_train", "meta_gradient", "Trained"]
 
 
 def sl2o(rule: Rule, subspace: Subspace | LoRASpace | None = None, **kwargs) -> Transform:
-    """SL2O: :func:`rnnprop` (``kwargs`` are its options) on the coordinates of ``subspace`` (a DLDR /
+    """SL2O: :func:`~l2o_lib.rnnprop.rnnprop` (``kwargs`` are its options) on the coordinates of ``subspace`` (a DLDR /
     random :class:`~l2o_lib.subspace.Subspace` or LoRA coordinates); plain L2O when ``None``."""
     inner = rnnprop(rule, **kwargs)
     if subspace is None:
@@ -171,7 +67,7 @@ class SL2O(FlatOptimizer):
         params: the model's parameters, in the order the subspace was built on (a single group).
         rule: the trained :class:`LSTMRule`.
         subspace: the subspace the rule acts in; ``None`` = every parameter (plain L2O).
-        betas, eps, fused: as in :func:`rnnprop`.
+        betas, eps, fused: as in :func:`~l2o_lib.rnnprop.rnnprop`.
     """
 
     def __init__(self, params, rule: Rule, subspace: Subspace | None = None, *,
@@ -317,14 +213,24 @@ class MetaHistory:
                    d["best_epoch"], events, d["seconds"], d["inner_steps"])
 
 
-def _run_task(problem: Problem, transform: Transform, generator: torch.Generator, *, steps: int, unroll: int,
-              tasks: int, first_order: bool, on_unroll: Callable[[Tensor, Tensor | None], bool]) -> Tensor:
-    """Run one task of ``steps`` inner steps with truncation every ``unroll`` steps.
+def run_task(problem: Problem, transform: Transform, generator: torch.Generator, *, steps: int, unroll: int,
+             tasks: int, first_order: bool, on_unroll: Callable[[Tensor, Tensor | None], bool]) -> Tensor:
+    """Run one task of ``steps`` inner steps with truncation every ``unroll`` steps: the inner loop of
+    :func:`meta_train` and :func:`meta_gradient`, public so benchmarks and tests time and probe it.
 
-    At the end of every unroll ``on_unroll(meta_loss, objective)`` gets the unroll's summed
-    training losses (per task) and the differentiable objective whose gradient is the
-    meta-gradient (``None`` when nothing depends on the weights); it returns ``False`` to restart
-    the task from scratch (after a rolled-back meta-step). Returns the final coordinates.
+    Args:
+        problem: the task family; ``tasks`` tasks start at ``problem.start(tasks)``.
+        transform: an :func:`~l2o_lib.rnnprop.rnnprop` transform (its state is an ``RNNpropState``),
+            ``differentiable=True`` for a meta-gradient.
+        generator: the batch order.
+        first_order: the meta-objective treats the optimizee's gradients as constants (module docstring).
+        on_unroll: called at the end of every unroll as ``on_unroll(meta_loss, objective)`` with the
+            unroll's summed training losses (per task) and the differentiable objective whose
+            gradient is the meta-gradient (``None`` when nothing depends on the weights); it returns
+            ``False`` to restart the task from scratch (after a rolled-back meta-step), e.g.
+            :func:`step_on_unroll`.
+
+    Returns the final coordinates ``(tasks, dim)``, detached.
     """
     z = problem.start(tasks)
     state = transform.init(z)
@@ -357,9 +263,10 @@ def _rank(test_loss: float) -> float:
     return test_loss if math.isfinite(test_loss) else math.inf
 
 
-def _descend(optimizer: torch.optim.Optimizer) -> Callable[[Tensor, Tensor | None], bool]:
-    """An ``on_unroll`` for :func:`_run_task`: one ``optimizer`` step on every unroll's meta-gradient,
-    with no guard and no bookkeeping (what the benchmarks time; :func:`meta_train` adds both)."""
+def step_on_unroll(optimizer: torch.optim.Optimizer) -> Callable[[Tensor, Tensor | None], bool]:
+    """An ``on_unroll`` for :func:`run_task`: one ``optimizer`` step on every unroll's meta-gradient,
+    with no guard and no bookkeeping (what the benchmarks time; :func:`meta_train` adds both).
+    It always returns ``True``: the task never restarts."""
     def on_unroll(value: Tensor, objective: Tensor | None) -> bool:
         optimizer.zero_grad(set_to_none=True)
         if objective is not None:
@@ -393,8 +300,8 @@ def meta_gradient(rule: LSTMRule, problem: Problem, *, steps: int = 2, first_ord
         return True
 
     generator = torch.Generator(device=problem.theta0.device).manual_seed(seed)
-    _run_task(problem, rnnprop(rule, betas=betas, eps=eps, differentiable=True), generator, steps=steps,
-              unroll=steps, tasks=tasks, first_order=first_order, on_unroll=on_unroll)
+    run_task(problem, rnnprop(rule, betas=betas, eps=eps, differentiable=True), generator, steps=steps,
+             unroll=steps, tasks=tasks, first_order=first_order, on_unroll=on_unroll)
     return out["loss"], out["grads"]
 
 
@@ -429,7 +336,7 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
             holds raises ``ValueError``.
         explode, patience: the :class:`~l2o_lib.meta.DivergenceGuard` settings. An epoch whose
             last unroll was refused is scored by running the rolled-back rule on its task.
-        fused: step the rule through :func:`~l2o_lib.fused.fused_rnnprop` (compiled on CUDA).
+        fused: step the rule through :func:`~l2o_lib.rnnprop.fused_rnnprop` (compiled on CUDA).
     """
     if not isinstance(rule, LSTMRule):
         raise ValueError(f"rule must be an LSTMRule, got {type(rule).__name__}")
@@ -482,17 +389,17 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
     transform = rnnprop(rule, betas=betas, eps=eps, differentiable=True, fused=fused)
     for epoch in bar:
         generator = torch.Generator(device=device).manual_seed(seed + epoch)
-        z = _run_task(problem, transform, generator, steps=steps_per_task, unroll=unroll, tasks=tasks_per_step,
-                      first_order=first_order, on_unroll=on_unroll)
+        z = run_task(problem, transform, generator, steps=steps_per_task, unroll=unroll, tasks=tasks_per_step,
+                     first_order=first_order, on_unroll=on_unroll)
         history.inner_steps += steps_per_task * tasks_per_step
         if problem.test is not None:
             if not last["ok"]:
                 # The last unroll was refused: the task restarted and z is its untrained start. Score
                 # what the epoch ended with, the rolled-back rule, on the epoch's task from the start.
-                z = _run_task(problem, rnnprop(rule, betas=betas, eps=eps, fused=fused),
-                              torch.Generator(device=device).manual_seed(seed + epoch), steps=steps_per_task,
-                              unroll=steps_per_task, tasks=tasks_per_step, first_order=True,
-                              on_unroll=lambda value, objective: True)
+                z = run_task(problem, rnnprop(rule, betas=betas, eps=eps, fused=fused),
+                             torch.Generator(device=device).manual_seed(seed + epoch), steps=steps_per_task,
+                             unroll=steps_per_task, tasks=tasks_per_step, first_order=True,
+                             on_unroll=lambda value, objective: True)
             scores = problem.model.evaluate(problem.lift(z[0]), *problem.test)
             loss = float(scores["loss"])
             history.epoch_test_loss.append(loss)
@@ -511,41 +418,29 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
 
 
 class Trained(NamedTuple):
-    """A meta-trained SL2O optimizer and the subspace it was trained in (``None``: plain L2O)."""
+    """A meta-trained SL2O optimizer and the subspace it was trained in (``None``: plain L2O).
+
+    Saved and loaded as kind ``"sl2o"`` by :mod:`~l2o_lib.artifacts`."""
 
     rule: LSTMRule
-    space: Subspace | None
+    space: Subspace | None = None
 
+    def state(self) -> dict:
+        """A ``torch.save``-able dict: the rule's configuration and weights, and the subspace."""
+        if not isinstance(self.rule, LSTMRule):
+            raise ValueError(f"rule must be an LSTMRule, got {type(self.rule).__name__}")
+        rule, space = self.rule, self.space
+        config = {"hidden": rule.hidden, "layers": rule.layers, "scale": rule.scale, "input_size": rule.input_size}
+        state = {"config": config, "weights": rule.state_dict()}
+        if space is not None:
+            state["space"] = {"origin": space.origin, "basis": space.basis,
+                              "explained_variance_ratio": space.explained_variance_ratio,
+                              "singular_values": space.singular_values}
+        return state
 
-def save_trained(path: str | os.PathLike, rule: LSTMRule, space: Subspace | None = None) -> Path:
-    """Write the rule (configuration and weights) and its subspace atomically to ``path``."""
-    if not isinstance(rule, LSTMRule):
-        raise ValueError(f"rule must be an LSTMRule, got {type(rule).__name__}")
-    config = {"hidden": rule.hidden, "layers": rule.layers, "scale": rule.scale, "input_size": rule.input_size}
-    blob = {"config": config, "weights": rule.state_dict()}
-    if space is not None:
-        blob["space"] = {"origin": space.origin, "basis": space.basis,
-                         "explained_variance_ratio": space.explained_variance_ratio,
-                         "singular_values": space.singular_values}
-    return atomic_torch_save(path, blob)
-
-
-def trained_path(profile: str, root: str | os.PathLike = "runs") -> Path:
-    """Where notebook 03 keeps the optimizer meta-trained under ``profile``."""
-    return artifact_path(profile, "03_sl2o", "sl2o.pt", root)
-
-
-def load_trained(profile_or_path: str | os.PathLike, *, root: str | os.PathLike = "runs",
-                 map_location="cpu") -> Trained | None:
-    """The optimizer saved by notebook 03 under a profile (``"ci"``, ``"quick"``, ``"paper"``) or at a
-    path; ``None`` when there is none yet (run notebook 03 first). A damaged file raises
-    :class:`~l2o_lib.results.CorruptFileError` (a ``ValueError``) naming it."""
-    path = find_artifact(profile_or_path, "03_sl2o", "sl2o.pt", root)
-    if path is None:
-        return None
-    blob = load_torch_file(path, map_location=map_location,
-                           fix="rerun notebook 03_sl2o to write it again, or delete it")
-    rule = LSTMRule(**blob["config"])
-    rule.load_state_dict(blob["weights"])
-    space = Subspace(**blob["space"]) if "space" in blob else None
-    return Trained(rule, space)
+    @classmethod
+    def from_state(cls, state: dict) -> "Trained":
+        """Rebuild from :meth:`state` output."""
+        rule = LSTMRule(**state["config"])
+        rule.load_state_dict(state["weights"])
+        return cls(rule, Subspace(**state["space"]) if "space" in state else None)

@@ -22,20 +22,13 @@ from l2o_lib.optim import momentum, sgd
 from l2o_lib.optim.schedules import exponential
 from l2o_lib.pbfgs import pbfgs, train_pbfgs
 from l2o_lib.population import Rule, schedule_table, train_population, transform_rule
-from l2o_lib.sl2o import LSTMRule, Problem, _run_task, meta_train, rnnprop
+from l2o_lib.sl2o import LSTMRule, Problem, meta_train, rnnprop, run_task
 from l2o_lib.subspace import random_subspace
 from l2o_lib.training import train_flat, train_module, tune_lr
 
 INF = float("inf")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: one thread is as fast and leaves the other cores to parallel jobs.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy(n=256, width=8, classes=3):
@@ -215,8 +208,8 @@ def test_sl2o_inf_batch_in_the_last_unroll_is_rolled_back_and_recorded():
     assert len(history.events) == 1 and history.events[0].step == 1 and "non-finite" in history.events[0].reason
     # The epoch is scored by what it ended with (the rolled-back rule run on the epoch's task), not
     # by the untrained start its refused last unroll restarted from.
-    z = _run_task(problem, rnnprop(rule), torch.Generator().manual_seed(0), steps=20, unroll=20, tasks=1,
-                  first_order=True, on_unroll=lambda value, objective: True)
+    z = run_task(problem, rnnprop(rule), torch.Generator().manual_seed(0), steps=20, unroll=20, tasks=1,
+                 first_order=True, on_unroll=lambda value, objective: True)
     ended = problem.model.evaluate(problem.lift(z[0]), *problem.test)["loss"]
     start = problem.model.evaluate(problem.lift(problem.start()[0]), *problem.test)["loss"]
     assert history.epoch_test_loss == [float(ended)] and float(ended) != float(start)

@@ -1,4 +1,4 @@
-"""The fused SL2O step (``l2o_lib.fused``) against the module path it replaces: same steps, same
+"""The fused SL2O step (``l2o_lib.rnnprop.fused_rnnprop``) against the module path it replaces: same steps, same
 state, same meta-gradients, eager and compiled, on the CPU and (when there is one) on CUDA."""
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 
 from l2o_lib.data import load_dataset
 from l2o_lib.functional import FlatModel
-from l2o_lib.fused import fused_rnnprop
 from l2o_lib.models import build_model
-from l2o_lib.sl2o import SL2O, LSTMRule, Problem, _run_task, meta_train, rnnprop
+from l2o_lib.rnnprop import LSTMRule, fused_rnnprop, rnnprop
+from l2o_lib.sl2o import SL2O, Problem, meta_train, run_task
 from l2o_lib.subspace import random_subspace
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -156,7 +156,7 @@ def test_sl2o_meta_training_unroll_on_cuda_equals_the_cpu():
             seen.append(value)
             return True
 
-        _run_task(p, rnnprop(rule, differentiable=True, fused=True), torch.Generator(device=device), steps=20,
-                  unroll=5, tasks=1, first_order=True, on_unroll=on_unroll)
+        run_task(p, rnnprop(rule, differentiable=True, fused=True), torch.Generator(device=device), steps=20,
+                 unroll=5, tasks=1, first_order=True, on_unroll=on_unroll)
         meta_losses[device] = torch.stack(seen).cpu()
     torch.testing.assert_close(meta_losses["cuda"], meta_losses["cpu"], rtol=1e-3, atol=1e-4)

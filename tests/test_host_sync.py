@@ -13,7 +13,8 @@ from l2o_lib.mlrsnet import meta_train as mlrsnet_meta_train
 from l2o_lib.models import build_model
 from l2o_lib.optim import momentum
 from l2o_lib.population import train_population, transform_rule
-from l2o_lib.sl2o import LSTMRule, Problem, _run_task, rnnprop
+from l2o_lib.rnnprop import LSTMRule, rnnprop
+from l2o_lib.sl2o import Problem, run_task
 from l2o_lib.subspace import random_subspace
 from l2o_lib.training import train_flat
 
@@ -74,8 +75,8 @@ def test_sl2o_meta_training_inner_steps_do_not_sync(count_syncs):
 
     def loop(n):  # one unroll of n steps: the only meta-step (and guard check) is at its end
         gen = torch.Generator().manual_seed(0)
-        _run_task(problem, transform, gen, steps=n, unroll=n, tasks=1, first_order=True,
-                  on_unroll=lambda value, objective: objective.backward() is None)
+        run_task(problem, transform, gen, steps=n, unroll=n, tasks=1, first_order=True,
+                 on_unroll=lambda value, objective: objective.backward() is None)
 
     _same_for(count_syncs, loop)
 

@@ -1,5 +1,5 @@
 """MLR-SNet: the γ bound and its guards, the schedule network, the torch.optim scheduler, the exact
-look-ahead meta-gradient, meta-training (guard rollback, resume, a real learning signal), saving,
+look-ahead meta-gradient, meta-training (guard rollback, resume, a real learning signal),
 hypergradient descent, corruptions, the population trainer and argument validation."""
 
 import math
@@ -8,37 +8,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from l2o_lib.data import ArrayData, Dataset
 from l2o_lib.functional import FlatModel
 from l2o_lib.mlrsnet import (LRCarry, MLRSNet, MLRSNetScheduler, TrainedSchedule, baseline_configs,
                              compare_schedules, corrupt, gamma_bound, hand_schedule, hypergradient_sgd,
-                             load_trained, lookahead_meta_loss, meta_train, mlrsnet_lr, mlrsnet_lr_reference,
-                             mlrsnet_rule, save_trained, snapshot_index, snapshot_steps, split_validation)
+                             lookahead_meta_loss, meta_train, mlrsnet_lr, mlrsnet_lr_reference, mlrsnet_rule,
+                             snapshot_index, snapshot_steps, split_validation)
 from l2o_lib.optim import momentum
 from l2o_lib.population import mixed_rule, train_population, transform_rule
 from l2o_lib.results import Run
 
 F64 = torch.float64
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: one thread is as fast and does not fight parallel jobs for the two cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32) / 16
-    y = torch.tensor(d.target)
-    return ArrayData(x[:1200], y[:1200]), ArrayData(x[1200:], y[1200:])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(seed=0, dtype=torch.float32, hidden=16):
@@ -102,8 +86,8 @@ def test_initial_lr_near_half_gamma():
 
 
 # ---------------------------------------------------------------------------- the scheduler
-def test_scheduler_with_constant_network_equals_fixed_lr_sgd(digits):
-    train, _ = digits
+def test_scheduler_with_constant_network_equals_fixed_lr_sgd(digits_split):
+    train, _ = digits_split
     batches = [(train.x[i:i + 64], train.y[i:i + 64]) for i in range(0, 640, 64)]
     schedule = TrainedSchedule([constant_net(0.4).state_dict()], hidden=8)
 
@@ -142,8 +126,8 @@ def test_scheduler_switches_snapshots_at_thirds():
 
 
 # ------------------------------------------------------------------------- meta-gradient
-def test_lookahead_meta_gradient_matches_finite_differences(digits):
-    train, _ = digits
+def test_lookahead_meta_gradient_matches_finite_differences(digits_split):
+    train, _ = digits_split
     model = FlatModel(mlp(dtype=F64, hidden=8))
     theta = model.flatten()
     x, y = train.x[:64].to(F64), train.y[:64]
@@ -172,8 +156,8 @@ def test_lookahead_meta_gradient_matches_finite_differences(digits):
 
 
 # ------------------------------------------------------------------------- meta-training
-def _small_run(digits, **kwargs):
-    train, test = digits
+def _small_run(digits_split, **kwargs):
+    train, test = digits_split
     tr, va = split_validation(train, 200, seed=0)
     model = FlatModel(mlp())
     args = dict(steps=60, num_classes=10, t_val=5, batch_size=64, val_batch_size=64, hidden=8, seed=0,
@@ -182,9 +166,9 @@ def _small_run(digits, **kwargs):
     return meta_train(model, tr, va, **args)
 
 
-def test_meta_training_learns_to_lower_a_too_large_lr(digits):
+def test_meta_training_learns_to_lower_a_too_large_lr(digits_split):
     # SGD with momentum 0.9 at γ/2 ≈ 0.36 overshoots on this MLP; the look-ahead must teach the net to go lower.
-    res = _small_run(digits, steps=150, t_val=1, meta_lr=1e-2, momentum=0.9)
+    res = _small_run(digits_split, steps=150, t_val=1, meta_lr=1e-2, momentum=0.9)
     h = res.history
     assert np.isfinite(h.train_loss).all() and not h.extra["guard_events"]
     assert res.lrs[-30:].mean() < 0.7 * res.lrs[:10].mean()
@@ -193,11 +177,11 @@ def test_meta_training_learns_to_lower_a_too_large_lr(digits):
     assert len(res.schedule) == 3 and res.schedule.info["snapshot_steps"] == [50, 100, 150]
 
 
-def test_guard_rolls_back_an_injected_nan(digits):
+def test_guard_rolls_back_an_injected_nan(digits_split):
     def fault(step, meta_loss):
         return meta_loss * float("nan") if step == 20 else meta_loss
 
-    res = _small_run(digits, fault=fault)
+    res = _small_run(digits_split, fault=fault)
     events = res.history.extra["guard_events"]
     assert [e[0] for e in events] == [20] and "non-finite" in events[0][1]
     assert torch.isfinite(res.history.theta).all()
@@ -206,8 +190,8 @@ def test_guard_rolls_back_an_injected_nan(digits):
     assert np.isnan(res.history.train_loss[20]) and np.isfinite(np.delete(res.history.train_loss, 20)).all()
 
 
-def test_resume_reproduces_an_uninterrupted_run(digits, tmp_path):
-    whole = _small_run(digits, steps=40, t_val=2)
+def test_resume_reproduces_an_uninterrupted_run(digits_split, tmp_path):
+    whole = _small_run(digits_split, steps=40, t_val=2)
 
     class Crash(Exception):
         pass
@@ -219,28 +203,15 @@ def test_resume_reproduces_an_uninterrupted_run(digits, tmp_path):
 
     params = {"case": "resume"}
     with pytest.raises(Crash):
-        _small_run(digits, steps=40, t_val=2, run=Run("m", root=tmp_path, params=params), checkpoint_every=10,
+        _small_run(digits_split, steps=40, t_val=2, run=Run("m", root=tmp_path, params=params), checkpoint_every=10,
                    fault=crash)
-    resumed = _small_run(digits, steps=40, t_val=2, run=Run("m", root=tmp_path, params=params), checkpoint_every=10)
+    resumed = _small_run(digits_split, steps=40, t_val=2, run=Run("m", root=tmp_path, params=params), checkpoint_every=10)
     assert resumed.history.extra["resumed_at"] == 20
     assert torch.equal(resumed.history.theta, whole.history.theta)
     np.testing.assert_array_equal(resumed.lrs, whole.lrs)
     np.testing.assert_array_equal(resumed.history.test_accuracy, whole.history.test_accuracy)
     for a, b in zip(resumed.schedule.snapshots, whole.schedule.snapshots):
         assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-# ------------------------------------------------------------------------------- save / load
-def test_save_load_gives_the_same_lrs(tmp_path):
-    snaps = [MLRSNet(8, seed=s).state_dict() for s in range(3)]
-    schedule = TrainedSchedule(snaps, hidden=8, info={"from": "test"})
-    losses = torch.linspace(2.3, 0.2, 30)
-    path = save_trained(schedule, tmp_path / "runs" / "ci" / "04_mlrsnet" / "mlrsnet.pt")
-    loaded = load_trained("ci", root=tmp_path / "runs")
-    assert loaded is not None and loaded.info == {"from": "test"} and len(loaded) == 3
-    np.testing.assert_array_equal(loaded.lr_curve(losses, 0.6), schedule.lr_curve(losses, 0.6))
-    assert load_trained(path) is not None
-    assert load_trained("quick", root=tmp_path / "runs") is None
 
 
 # ------------------------------------------------------------------- hypergradient descent
@@ -283,8 +254,8 @@ def test_corruptions():
 
 
 # ---------------------------------------------------------------------------- populations
-def test_population_vectorised_equals_looped_and_mixed_rules_split(digits):
-    train, test = digits
+def test_population_vectorised_equals_looped_and_mixed_rules_split(digits_split):
+    train, test = digits_split
     model = FlatModel(mlp())
     thetas = torch.stack([FlatModel(mlp(s)).flatten() for s in range(4)])
     rule = mixed_rule([(2, transform_rule(momentum(lr=0.1, momentum=0.9))),
@@ -298,8 +269,8 @@ def test_population_vectorised_equals_looped_and_mixed_rules_split(digits):
     assert np.isnan(a.lr[:2]).all() and (a.lr[2:] > 0).all()
 
 
-def test_compare_schedules_runs_mlrsnet_and_tuned_baselines(digits):
-    train, test = digits
+def test_compare_schedules_runs_mlrsnet_and_tuned_baselines(digits_split):
+    train, test = digits_split
     data = Dataset("digits", train, test, (64,), 10)
     configs = baseline_configs(sgd_lrs=(0.05, 0.2), methods=["Fixed", "Cosine", "Adam"])
     schedule = TrainedSchedule([MLRSNet(8, seed=s).state_dict() for s in range(3)], hidden=8)
@@ -314,8 +285,8 @@ def test_compare_schedules_runs_mlrsnet_and_tuned_baselines(digits):
                                rtol=1e-6)
 
 
-def test_a_diverging_baseline_setting_is_kept_and_marked(digits):
-    train, test = digits
+def test_a_diverging_baseline_setting_is_kept_and_marked(digits_split):
+    train, test = digits_split
     data = Dataset("digits", train, test, (64,), 10)
     configs = baseline_configs(sgd_lrs=(0.05, 1e30), methods=["Fixed"])
     cmp = compare_schedules("mlp", data, configs, seeds=[0], steps=6, batch_size=32, eval_every=6,
@@ -325,10 +296,10 @@ def test_a_diverging_baseline_setting_is_kept_and_marked(digits):
     assert cmp.best() == {"Fixed": "lr=0.05"}
 
 
-def test_fewer_steps_than_the_run_holds_is_refused(digits, tmp_path):
-    _small_run(digits, steps=20, run=Run("few", root=tmp_path, params={}), checkpoint_every=10)
+def test_fewer_steps_than_the_run_holds_is_refused(digits_split, tmp_path):
+    _small_run(digits_split, steps=20, run=Run("few", root=tmp_path, params={}), checkpoint_every=10)
     with pytest.raises(ValueError, match="steps=10 is smaller than the 20 the run already holds"):
-        _small_run(digits, steps=10, run=Run("few", root=tmp_path), checkpoint_every=10)
+        _small_run(digits_split, steps=10, run=Run("few", root=tmp_path), checkpoint_every=10)
 
 
 def test_mlrsnet_rule_matches_the_scheduler():
@@ -377,13 +348,13 @@ def test_bad_arguments_raise_naming_the_parameter(call, name):
     ({"num_classes": 1}, "num_classes"), ({"snapshots": 100, "steps": 10}, "snapshots"),
     ({"checkpoint_every": 0}, "checkpoint_every"), ({"run": "runs/x"}, "run"),
 ])
-def test_meta_train_validates_before_work(digits, kwargs, name):
+def test_meta_train_validates_before_work(digits_split, kwargs, name):
     with pytest.raises(ValueError, match=name):
-        _small_run(digits, **kwargs)
+        _small_run(digits_split, **kwargs)
 
 
-def test_corrupt_and_population_validation(digits):
-    train, test = digits
+def test_corrupt_and_population_validation(digits_split):
+    train, test = digits_split
     data = Dataset("digits", train, test, (64,), 10)
     with pytest.raises(ValueError, match="kind"):
         corrupt(data, "fog", 1.0)

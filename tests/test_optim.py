@@ -5,21 +5,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from l2o_lib.functional import FlatModel
 from l2o_lib.optim import OPTIMIZERS, FlatOptimizer, get_optimizer, lamb, lion, momentum
 
 STEPS = 100
-
-
-@pytest.fixture(scope="module")
-def digits():
-    d = load_digits()
-    x = torch.tensor(d.images[:512], dtype=torch.float32).unsqueeze(1) / 16
-    y = torch.tensor(d.target[:512])
-    return x, y
 
 
 def make_model(seed=0, dtype=torch.float32):
@@ -74,8 +65,8 @@ def batches(x, y, steps, bs=64):
 
 
 @pytest.mark.parametrize("name,ours,torch_cls,theirs,dtype", CASES)
-def test_adapter_matches_torch_optim(digits, name, ours, torch_cls, theirs, dtype):
-    x, y = (t.to(dtype) if t.is_floating_point() else t for t in digits)
+def test_adapter_matches_torch_optim(digits_images, name, ours, torch_cls, theirs, dtype):
+    x, y = (t.to(dtype) if t.is_floating_point() else t for t in digits_images)
     ref, mine = make_model(dtype=dtype), make_model(dtype=dtype)
     opt_ref = torch_cls(ref.parameters(), **theirs, foreach=False)
     opt_mine = FlatOptimizer(mine.parameters(), name, **ours)
@@ -92,8 +83,8 @@ def test_adapter_matches_torch_optim(digits, name, ours, torch_cls, theirs, dtyp
 
 
 @pytest.mark.parametrize("name,ours,torch_cls,theirs,dtype", CASES)
-def test_functional_matches_torch_optim(digits, name, ours, torch_cls, theirs, dtype):
-    x, y = (t.to(dtype) if t.is_floating_point() else t for t in digits)
+def test_functional_matches_torch_optim(digits_images, name, ours, torch_cls, theirs, dtype):
+    x, y = (t.to(dtype) if t.is_floating_point() else t for t in digits_images)
     ref = make_model(dtype=dtype)
     opt_ref = torch_cls(ref.parameters(), **theirs, foreach=False)
     fm = FlatModel(make_model(dtype=dtype))
@@ -111,8 +102,8 @@ def test_functional_matches_torch_optim(digits, name, ours, torch_cls, theirs, d
     assert rel(theta, flat_params(ref)) < 1e-6
 
 
-def test_adapter_works_with_lr_scheduler_and_param_groups(digits):
-    x, y = (t.double() if t.is_floating_point() else t for t in digits)
+def test_adapter_works_with_lr_scheduler_and_param_groups(digits_images):
+    x, y = (t.double() if t.is_floating_point() else t for t in digits_images)
     ref, mine = make_model(dtype=torch.float64), make_model(dtype=torch.float64)
     groups = lambda m: [{"params": list(m[:3].parameters()), "lr": 0.1},
                         {"params": list(m[3:].parameters())}]
@@ -130,8 +121,8 @@ def test_adapter_works_with_lr_scheduler_and_param_groups(digits):
     assert rel(flat_params(mine), flat_params(ref)) < 1e-6
 
 
-def test_state_dict_round_trip(digits):
-    x, y = digits
+def test_state_dict_round_trip(digits_images):
+    x, y = digits_images
     model = make_model()
     opt = FlatOptimizer(model.parameters(), "adam", lr=1e-3)
     for xb, yb in batches(x, y, 5):
@@ -151,8 +142,8 @@ def test_state_dict_round_trip(digits):
     assert torch.equal(flat_params(clone), flat_params(model))
 
 
-def test_closure_returns_loss(digits):
-    x, y = digits
+def test_closure_returns_loss(digits_images):
+    x, y = digits_images
     model = make_model()
     opt = FlatOptimizer(model.parameters(), "sgd", lr=0.1)
 
@@ -249,10 +240,10 @@ class TwoHeads(nn.Module):
 
 
 @pytest.mark.parametrize("name,ours,torch_cls,theirs", [twin for twin in TORCH_TWINS], ids=IDS)
-def test_adapter_leaves_parameters_without_grad_alone_like_torch_optim(digits, name, ours, torch_cls, theirs):
+def test_adapter_leaves_parameters_without_grad_alone_like_torch_optim(digits_images, name, ours, torch_cls, theirs):
     # head b is unused for 10 steps (weight decay and momentum must not move it, its step count must
     # not advance), then used: its momentum buffer / bias correction start there, as in torch.optim.
-    x, y = digits[0].double(), digits[1]
+    x, y = digits_images[0].double(), digits_images[1]
     ref, mine = TwoHeads().double(), TwoHeads().double()
     opt_ref = torch_cls(ref.parameters(), **theirs, foreach=False)
     opt_mine = FlatOptimizer(mine.parameters(), name, **ours)
@@ -269,8 +260,8 @@ def test_adapter_leaves_parameters_without_grad_alone_like_torch_optim(digits, n
     assert not torch.equal(mine.head_b.weight, start_b)
 
 
-def test_adapter_state_dict_round_trip_keeps_per_parameter_steps(digits):
-    x, y = digits
+def test_adapter_state_dict_round_trip_keeps_per_parameter_steps(digits_images):
+    x, y = digits_images
     model = TwoHeads()
     opt = FlatOptimizer(model.parameters(), "adam", lr=1e-3)
     for step, (xb, yb) in enumerate(batches(x, y, 6)):
@@ -288,12 +279,12 @@ def test_adapter_state_dict_round_trip_keeps_per_parameter_steps(digits):
     assert torch.equal(flat_params(clone), flat_params(model))
 
 
-def test_adapter_with_a_subspace_rule_leaves_parameters_without_grad_alone(digits):
+def test_adapter_with_a_subspace_rule_leaves_parameters_without_grad_alone(digits_images):
     # Momentum† couples coordinates, so it cannot run on a subset: the unused head gets a zero
     # gradient inside the rule but must still not move.
     from l2o_lib.subspace import dagger, random_subspace
 
-    x, y = digits
+    x, y = digits_images
     model = TwoHeads()
     dim = sum(p.numel() for p in model.parameters())
     space = random_subspace(dim, 8, origin=flat_params(model), seed=0)

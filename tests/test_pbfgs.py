@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from l2o_lib.data import ArrayData, BatchSampler, random_quadratic
@@ -17,15 +16,6 @@ from l2o_lib.pbfgs import (PBFGS, LineSearchTransform, PBFGSState, batched_train
 from l2o_lib.subspace import Subspace, dldr, random_subspace, sample_trajectory
 
 F64 = torch.float64
-
-
-# ----------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def digits():
-    d = load_digits()
-    x = torch.tensor(d.data[:512], dtype=torch.float32) / 16
-    y = torch.tensor(d.target[:512])
-    return x, y
 
 
 def mlp(seed=0, dtype=torch.float32, batchnorm=False):
@@ -256,8 +246,8 @@ def _run(model, method, batches, theta, steps):
     return thetas, infos, state
 
 
-def test_pplus_with_zero_alpha_equals_pbfgs_exactly(digits):
-    x, y = digits
+def test_pplus_with_zero_alpha_equals_pbfgs_exactly(digits_xy):
+    x, y = digits_xy
     model = FlatModel(mlp())
     sub = random_subspace(model.dim, 6, seed=1)
     batches = batches_of(x, y, 5)
@@ -269,8 +259,8 @@ def test_pplus_with_zero_alpha_equals_pbfgs_exactly(digits):
         assert torch.equal(a, b)
 
 
-def test_pplus_adds_momentum_of_orthogonal_gradient(digits):
-    x, y = digits
+def test_pplus_adds_momentum_of_orthogonal_gradient(digits_xy):
+    x, y = digits_xy
     model = FlatModel(mlp(dtype=F64))
     sub = random_subspace(model.dim, 6, seed=2).to(dtype=F64)
     batches = batches_of(x, y, 3, dtype=F64)
@@ -294,8 +284,8 @@ def test_pplus_adds_momentum_of_orthogonal_gradient(digits):
 
 
 # ----------------------------------------------------------------------------- training loop
-def test_train_pbfgs_in_dldr_subspace_decreases_loss(digits):
-    x, y = digits
+def test_train_pbfgs_in_dldr_subspace_decreases_loss(digits_xy):
+    x, y = digits_xy
     model = FlatModel(mlp(seed=3))
     sampler = BatchSampler(ArrayData(x, y), 64, seed=0)
     theta0 = model.flatten()
@@ -313,8 +303,8 @@ def test_train_pbfgs_in_dldr_subspace_decreases_loss(digits):
     assert off.norm() < 1e-4 * (hist.theta - theta0).norm()
 
 
-def test_line_search_trials_do_not_touch_batchnorm_statistics(digits):
-    x, y = digits
+def test_line_search_trials_do_not_touch_batchnorm_statistics(digits_xy):
+    x, y = digits_xy
     model = FlatModel(mlp(batchnorm=True))
     sub = random_subspace(model.dim, 4, seed=0)
     batches = batches_of(x, y, 3)
@@ -334,8 +324,8 @@ def test_line_search_trials_do_not_touch_batchnorm_statistics(digits):
     assert torch.allclose(buffers["1.running_mean"], ref["1.running_mean"], atol=1e-6)
 
 
-def test_batched_train_loss_matches_sequential_and_leaves_buffers(digits):
-    x, y = digits
+def test_batched_train_loss_matches_sequential_and_leaves_buffers(digits_xy):
+    x, y = digits_xy
     model = FlatModel(mlp(batchnorm=True))
     buffers = model.init_buffers()
     before = {k: v.clone() for k, v in buffers.items()}
@@ -347,8 +337,8 @@ def test_batched_train_loss_matches_sequential_and_leaves_buffers(digits):
     assert all(torch.equal(buffers[k], before[k]) for k in buffers)
 
 
-def test_train_pbfgs_batched_candidates_follow_sequential_trajectory(digits):
-    x, y = digits
+def test_train_pbfgs_batched_candidates_follow_sequential_trajectory(digits_xy):
+    x, y = digits_xy
     model = FlatModel(mlp(dtype=F64))
     sub = random_subspace(model.dim, 6, seed=3).to(dtype=F64)
     batches = batches_of(x, y, 4, dtype=F64)
@@ -368,8 +358,8 @@ def _closure(opt, module, batch):
     return closure
 
 
-def test_adapter_follows_functional_path_and_state_dict_round_trips(digits):
-    x, y = digits
+def test_adapter_follows_functional_path_and_state_dict_round_trips(digits_xy):
+    x, y = digits_xy
     module = mlp(seed=5)
     model = FlatModel(copy.deepcopy(module))
     sub = random_subspace(model.dim, 8, seed=5)

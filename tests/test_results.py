@@ -400,23 +400,3 @@ def test_a_checkpoint_of_another_trainer_is_refused_naming_both(tmp_path):
     opt = torch.optim.Adam(net.parameters())
     assert load_meta_state(meta_state(net, opt, epoch=1), net, opt, kind="sl2o") == {"epoch": 1}
 
-
-@pytest.mark.parametrize("module_name", ["sl2o", "mlrsnet", "l3rs"])
-def test_a_truncated_trained_file_names_it_and_the_notebook(tmp_path, module_name):
-    import importlib
-
-    module = importlib.import_module(f"l2o_lib.{module_name}")
-    path = tmp_path / f"{module_name}.pt"
-    if module_name == "sl2o":
-        module.save_trained(path, module.LSTMRule(hidden=4))
-    elif module_name == "mlrsnet":
-        from l2o_lib.mlrsnet import MLRSNet, TrainedSchedule
-
-        module.save_trained(TrainedSchedule([MLRSNet(4, seed=0).state_dict()], hidden=4), path)
-    else:
-        config = module.L3RSConfig(n_layers=2)
-        module.save_trained(path, module.init_phi(config, seed=0), config)
-    assert module.load_trained(path) is not None
-    _truncate(path)
-    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is damaged.*rerun notebook 0[345]_"):
-        module.load_trained(path)

@@ -1,5 +1,5 @@
-"""SL2O: the LSTM rule, the RNNprop transform, SGD† as a fixed rule, meta-gradients against
-finite differences, the divergence guard in meta-training, save / load, resume and transfer."""
+"""SL2O: the LSTM rule and the RNNprop transform (``l2o_lib.rnnprop``), SGD† as a fixed rule, meta-gradients against
+finite differences, the divergence guard in meta-training, resume and transfer (save / load: test_artifacts.py)."""
 
 import pytest
 import torch
@@ -10,8 +10,8 @@ from l2o_lib.functional import FlatModel
 from l2o_lib.models import build_model
 from l2o_lib.optim import sgd
 from l2o_lib.results import Run
-from l2o_lib.sl2o import (SL2O, LSTMRule, Problem, load_trained, meta_gradient, meta_train, rnnprop, save_trained,
-                          sl2o)
+from l2o_lib.rnnprop import LSTMRule, rnnprop
+from l2o_lib.sl2o import SL2O, Problem, meta_gradient, meta_train, sl2o
 from l2o_lib.subspace import dagger, random_subspace
 from l2o_lib.training import train_flat, train_module
 
@@ -256,22 +256,6 @@ class _TaskBatches:
     def sample(self):
         x, y = self.p.batches(self.generator, 1)
         return x[0], y[0]
-
-
-def test_save_load_gives_the_same_updates(tmp_path):
-    rule = LSTMRule(hidden=6, layers=2, scale=0.2, seed=4)
-    space = random_subspace(30, 12, seed=1)
-    save_trained(tmp_path / "sl2o.pt", rule, space)
-    loaded, loaded_space = load_trained(tmp_path / "sl2o.pt")
-    assert torch.equal(loaded_space.basis, space.basis) and torch.equal(loaded_space.origin, space.origin)
-    assert load_trained(tmp_path / "missing.pt") is None and load_trained("ci", root=tmp_path) is None
-    grads = torch.randn(5, 12)
-    a, b = rnnprop(rule), rnnprop(loaded)
-    sa, sb = a.init(grads[0]), b.init(grads[0])
-    for t, g in enumerate(grads):
-        da, sa = a.update(g, sa, g, t)
-        db, sb = b.update(g, sb, g, t)
-        assert torch.equal(da, db)
 
 
 def test_torch_optim_adapter_matches_the_functional_path(task):

@@ -4,7 +4,6 @@ coordinates, the † optimizers and trajectory sampling."""
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
 from l2o_lib.data import ArrayData, BatchSampler
@@ -62,14 +61,6 @@ def orth_error(basis):
 def centred64(x):
     x = torch.as_tensor(np.asarray(x)).to(F64)
     return x - x.mean(0)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    d = load_digits()
-    x = torch.tensor(d.data[:512], dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target[:512])
-    return ArrayData(x, y)
 
 
 def small_model(seed=0):
@@ -285,12 +276,12 @@ def test_random_subspace():
     ("momentum", lambda: momentum(0.05, 0.9)),
     ("adam", lambda: adam(1e-2)),
 ])
-def test_dagger_with_identity_basis_equals_inner(digits, name, make):
+def test_dagger_with_identity_basis_equals_inner(digits_data, name, make):
     model = small_model()
     D = model.dim
     identity = Subspace(torch.zeros(D), torch.eye(D))
-    plain = train_flat(model, make(), BatchSampler(digits, 32, seed=0), steps=40)
-    dag = train_flat(model, dagger(make(), identity), BatchSampler(digits, 32, seed=0), steps=40)
+    plain = train_flat(model, make(), BatchSampler(digits_data, 32, seed=0), steps=40)
+    dag = train_flat(model, dagger(make(), identity), BatchSampler(digits_data, 32, seed=0), steps=40)
     assert (dag.theta - plain.theta).abs().max().item() <= 1e-6
     np.testing.assert_allclose(dag.train_loss, plain.train_loss, rtol=0, atol=1e-6)
     assert plain.train_loss[-5:].mean() < plain.train_loss[:5].mean()  # it did train
@@ -310,15 +301,15 @@ def test_dagger_step_is_the_projected_step():
     torch.testing.assert_close(new.z, sub.project(theta + delta), atol=1e-5, rtol=0)
 
 
-def test_dagger_iterates_stay_in_the_affine_subspace(digits):
+def test_dagger_iterates_stay_in_the_affine_subspace(digits_data):
     model = small_model(seed=1)
     theta0 = model.flatten()
     # A real low-dimensional subspace: DLDR of a short SGD trajectory, through the start.
-    _, traj = sample_trajectory(model, sgd(0.1), BatchSampler(digits, 32, seed=1), steps=20, every=2)
+    _, traj = sample_trajectory(model, sgd(0.1), BatchSampler(digits_data, 32, seed=1), steps=20, every=2)
     sub = dldr(traj.checkpoints, 5).with_origin(theta0)
     assert sub.dim == 5 < model.dim
     seen = []
-    hist = train_flat(model, dagger(sgd(0.1), sub), BatchSampler(digits, 32, seed=2), steps=30,
+    hist = train_flat(model, dagger(sgd(0.1), sub), BatchSampler(digits_data, 32, seed=2), steps=30,
                       theta=theta0, on_step=lambda k, th: seen.append(th))
     assert len(seen) == 30
     moved = torch.stack(seen) - theta0
@@ -329,22 +320,22 @@ def test_dagger_iterates_stay_in_the_affine_subspace(digits):
 
 
 # ------------------------------------------------------------------------------ trajectories
-def test_sample_trajectory(digits, tmp_path):
+def test_sample_trajectory(digits_data, tmp_path):
     model = small_model(seed=2)
     theta0 = model.flatten()
-    hist, traj = sample_trajectory(model, sgd(0.1), BatchSampler(digits, 32, seed=3), steps=12, every=4)
+    hist, traj = sample_trajectory(model, sgd(0.1), BatchSampler(digits_data, 32, seed=3), steps=12, every=4)
     assert len(traj) == 12 // 4 + 1 and traj.steps == [0, 4, 8, 12]
     ckpt = traj.checkpoints
     assert ckpt.shape == (4, model.dim)
     assert torch.equal(ckpt[0], theta0)
     assert torch.equal(ckpt[-1], hist.theta)
     # checkpoint k is the parameters after 4k steps
-    part = train_flat(model, sgd(0.1), BatchSampler(digits, 32, seed=3), steps=4)
+    part = train_flat(model, sgd(0.1), BatchSampler(digits_data, 32, seed=3), steps=4)
     assert torch.equal(ckpt[1], part.theta)
     assert len(torch.unique(ckpt, dim=0)) == 4
 
     path = tmp_path / "sub" / "traj.npy"
-    hist2, on_disk = sample_trajectory(model, sgd(0.1), BatchSampler(digits, 32, seed=3), steps=12, every=4,
+    hist2, on_disk = sample_trajectory(model, sgd(0.1), BatchSampler(digits_data, 32, seed=3), steps=12, every=4,
                                        store=path)
     assert path.exists()
     assert isinstance(on_disk.checkpoints, np.memmap)
@@ -352,11 +343,11 @@ def test_sample_trajectory(digits, tmp_path):
     np.testing.assert_array_equal(np.load(path)[: len(on_disk)], ckpt.numpy())
     assert torch.equal(hist2.theta, hist.theta)
 
-    _, partial = sample_trajectory(model, sgd(0.1), BatchSampler(digits, 32, seed=3), steps=10, every=4,
+    _, partial = sample_trajectory(model, sgd(0.1), BatchSampler(digits_data, 32, seed=3), steps=10, every=4,
                                    include_initial=False)
     assert len(partial) == 10 // 4 and partial.steps == [4, 8]
     with pytest.raises(ValueError, match="every"):
-        sample_trajectory(model, sgd(0.1), BatchSampler(digits, 32, seed=3), steps=3, every=4)
+        sample_trajectory(model, sgd(0.1), BatchSampler(digits_data, 32, seed=3), steps=3, every=4)
 
 
 def test_trajectory_capacity():
