@@ -9,15 +9,20 @@ Modules:
 
 =================  ===========================================================================
 ``config``         profiles (``ci``, ``quick``, ``paper``) and argument validation
-``data``           device-resident datasets (MNIST-1D, digits, synthetic, CIFAR), samplers
+``data``           device-resident datasets (MNIST-1D, digits, synthetic, CIFAR), samplers;
+                   package: ``containers``, ``registry``, ``synthetic``, ``cifar``, ``subsets``,
+                   ``sampling``
 ``models``         MLP, ConvNet, LeNet-5, ResNet-20/32/18/34, VGG-16, tiny ViT; ``build_model``
 ``functional``     ``FlatModel``: flat parameters, loss / grad, batched evaluation with vmap
 ``optim``          baselines, schedules, registry, ``torch.optim`` adapter
 ``training``       training loops for the functional core and for ``nn.Module`` + optimizer
 ``finite``         ``NonFiniteError``: every trainer ends with finite weights or says where it broke
 ``metrics``        convergence step, steps-to-target, speed-ups, mean ± std tables
-``results``        run directories, atomic writes, checkpoints and resume
-``plots``          plotly figure builders and ``save`` (HTML + PNG)
+``files``          atomic writes, JSON of numpy / torch values, damaged torch files named
+``rundir``         run directories: params, metrics, results, checkpoints and resume
+``results``        where notebooks keep runs and artifacts; re-exports ``rundir`` / ``files``
+``plots``          plotly figure builders and ``save`` (HTML + PNG); package: ``style``,
+                   ``charts``, ``landscapes``, ``learned``, ``export``
 ``runner``/``cli`` papermill notebook runner and the ``l2o`` command
 ``benchmark``      timing helpers, cases, targets and the table behind ``l2o bench``
 ``report``         the methods side by side (notebook 08, README) from summaries and bench records

@@ -30,7 +30,8 @@ from typing import Any
 
 from . import l3rs, mlrsnet, sl2o
 from .config import check_choice
-from .results import artifact_path, atomic_torch_save, find_artifact, load_torch_file
+from .files import atomic_torch_save, load_torch_file
+from .results import artifact_path, find_artifact
 
 __all__ = ["Kind", "KINDS", "kind_of", "save_trained", "load_trained", "trained_path"]
 
@@ -105,7 +106,7 @@ def load_trained(kind: str, profile_or_path: str | os.PathLike, *, root: str | o
     """The optimizer of ``kind`` saved under a profile (``"ci"``, ``"quick"``, ``"paper"``) or at a path.
 
     Returns ``None`` when there is none yet (run the kind's notebook first). A damaged file raises
-    :class:`~l2o_lib.results.CorruptFileError` naming it and the notebook to rerun; a file of
+    :class:`~l2o_lib.files.CorruptFileError` naming it and the notebook to rerun; a file of
     another kind raises ``ValueError`` naming both kinds.
     """
     spec = _kind(kind)

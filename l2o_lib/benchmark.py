@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from .config import check_int, resolve_device
-from .results import atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text
 from .runner import REPO_ROOT
 
 __all__ = ["BENCH_DIR", "RECORD_DIR", "synchronize", "time_per_call", "alternate", "median_times", "compare", "torch_sgd_steps", "find_cases", "run_case",

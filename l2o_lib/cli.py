@@ -123,7 +123,7 @@ def _cmd_run(args) -> int:
             print(f"warning: {status}", file=sys.stderr)
     if not table.empty:
         out = REPO_ROOT / "runs" / args.profile / "results.md"
-        from .results import atomic_write_text
+        from .files import atomic_write_text
 
         atomic_write_text(out, table.to_markdown(index=False) + "\n")
         print(f"\nresults ({args.profile}):\n{table.to_string(index=False)}\n\nwritten to {out}")

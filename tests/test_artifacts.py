@@ -8,12 +8,12 @@ import torch
 
 from l2o_lib import artifacts
 from l2o_lib.artifacts import KINDS, load_trained, save_trained, trained_path
+from l2o_lib.files import CorruptFileError, atomic_torch_save
 from l2o_lib.functional import FlatModel
 from l2o_lib.l3rs import L3RSConfig, init_phi, l3rs
 from l2o_lib.l3rs import Trained as L3RSTrained
 from l2o_lib.mlrsnet import MLRSNet, TrainedSchedule
 from l2o_lib.models import build_model
-from l2o_lib.results import CorruptFileError, atomic_torch_save
 from l2o_lib.rnnprop import LSTMRule, rnnprop
 from l2o_lib.sl2o import Trained as SL2OTrained
 from l2o_lib.subspace import random_subspace

@@ -1,6 +1,6 @@
 """Run directories survive a SIGKILL at the dangerous points (issue 20, item 2).
 
-Each test starts a child process that opens a :class:`~l2o_lib.results.Run`, with a hook that
+Each test starts a child process that opens a :class:`~l2o_lib.rundir.Run`, with a hook that
 makes it report (one line on stdout) and sleep when it reaches a chosen point, kills it there by
 its pid with SIGKILL, and checks what the next process finds.
 """
@@ -19,20 +19,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2o_lib.results import Run
+from l2o_lib.rundir import Run
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
 
 PACKAGE = Path(__file__).resolve().parents[1] / "l2o_lib"
 
-# The child imports l2o_lib.results without the package's __init__ (which imports the whole
-# library and takes seconds): results needs only the standard library and, to save, torch.
+# The child imports l2o_lib.rundir without the package's __init__ (which imports the whole
+# library and takes seconds): rundir needs only the standard library and, to save, torch.
 PRELUDE = f"""
 import os, sys, time, types
 package = types.ModuleType("l2o_lib")
 package.__path__ = [{str(PACKAGE)!r}]
 sys.modules["l2o_lib"] = package
-from l2o_lib.results import Run
+from l2o_lib.rundir import Run
 
 root, point = sys.argv[1], sys.argv[2]
 

@@ -13,14 +13,15 @@ import pytest
 import torch
 
 from l2o_lib import plots
+from l2o_lib.plots import export, style
 
 
 @pytest.fixture
 def png_warning_rearmed():
     """The PNG warning fires once per process; re-arm it around a test that counts it."""
-    plots._reset_png_warning()
+    export._reset_png_warning()
     yield
-    plots._reset_png_warning()
+    export._reset_png_warning()
 
 
 def _browser_present() -> bool:
@@ -87,8 +88,8 @@ def test_color_for_is_stable():
     assert len(set(plots.KNOWN_COLORS.values())) == len(plots.KNOWN_COLORS)
     # The fallback must not depend on the process (no hash randomisation): pin one value.
     assert plots.color_for("my-optimizer") == plots.color_for("my-optimizer")
-    assert plots.color_for("my-optimizer") == plots._FALLBACK_COLORS[
-        __import__("zlib").crc32(b"my-optimizer") % len(plots._FALLBACK_COLORS)]
+    assert plots.color_for("my-optimizer") == style._FALLBACK_COLORS[
+        __import__("zlib").crc32(b"my-optimizer") % len(style._FALLBACK_COLORS)]
     assert plots.color_for("something else").startswith("#")
 
 
@@ -307,7 +308,7 @@ def test_png_failure_warns_once_and_keeps_html(tmp_path, monkeypatch, png_warnin
     def broken(fig, scale):
         raise RuntimeError("renderer exploded")
 
-    monkeypatch.setattr(plots, "_render_png", broken)
+    monkeypatch.setattr(export, "_render_png", broken)
     fig = plots.bar({"Adam": 1.0})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

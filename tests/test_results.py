@@ -1,4 +1,4 @@
-"""Crash-safe writes and run directories (l2o_lib.results)."""
+"""Crash-safe writes and run directories (l2o_lib.files, l2o_lib.rundir, l2o_lib.results)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from l2o_lib.results import (
-    Run,
-    atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    read_params,
-    resume_or_start,
-)
+from l2o_lib.files import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
+from l2o_lib.results import read_params
+from l2o_lib.rundir import Run, resume_or_start
 
 
 def _leftovers(directory):
@@ -282,12 +276,12 @@ def test_a_foreign_directory_is_neither_resumed_nor_deleted(tmp_path):
 
 
 def test_resume_false_renames_the_run_aside_and_leftovers_are_removed(tmp_path, monkeypatch):
-    import l2o_lib.results as results
+    import l2o_lib.rundir as rundir
 
     old = Run("r", root=tmp_path, params={"lr": 0.1})
     old.save_checkpoint({"x": torch.tensor(1.0)}, 3)
     deleted = []
-    monkeypatch.setattr(results.shutil, "rmtree", lambda path, **kw: deleted.append(path))  # "killed" here
+    monkeypatch.setattr(rundir.shutil, "rmtree", lambda path, **kw: deleted.append(path))  # "killed" here
     fresh = Run("r", root=tmp_path, params={"lr": 0.2}, resume=False)
     assert fresh.latest_checkpoint() is None and fresh.params == {"lr": 0.2}
     assert len(deleted) == 1 and deleted[0].parent == tmp_path and deleted[0].name.startswith(".r.deleting-")
