@@ -11,7 +11,8 @@ on a GPU.
 
 from l2o_lib.benchmark import median_times, target
 from l2o_lib.data import load_dataset
-from l2o_lib.l3rs import L3RSConfig, TaskFamily, init_phi, population_losses, pretrain_backbone
+from l2o_lib.finetuning import TaskFamily, pretrain_backbone
+from l2o_lib.l3rs import L3RSConfig, init_phi, population_losses
 from l2o_lib.meta import antithetic_noise, nes_members
 
 

@@ -14,8 +14,10 @@ Modules:
                    ``sampling``
 ``models``         MLP, ConvNet, LeNet-5, ResNet-20/32/18/34, VGG-16, tiny ViT; ``build_model``
 ``functional``     ``FlatModel``: flat parameters, loss / grad, batched evaluation with vmap
-``optim``          baselines, schedules, registry, ``torch.optim`` adapter
+``corruptions``    input corruptions (noise, blur, contrast) for transfer tasks
+``optim``          baselines, schedules, registry, ``torch.optim`` adapter, hypergradient SGD, masked
 ``training``       training loops for the functional core and for ``nn.Module`` + optimizer
+``finetuning``     pretrained backbones, class-subset fine-tuning tasks, ``finetune``
 ``finite``         ``NonFiniteError``: every trainer ends with finite weights or says where it broke
 ``metrics``        convergence step, steps-to-target, speed-ups, mean ± std tables
 ``files``          atomic writes, JSON of numpy / torch values, damaged torch files named
@@ -30,8 +32,8 @@ Modules:
 ``pbfgs``          P-BFGS / P+-BFGS in a subspace, with an Armijo line search
 ``rnnprop``        coordinate-wise LSTM rule, RNNprop transform, its fused step for ``torch.compile``
 ``sl2o``           SL2O: the RNNprop LSTM on subspace coordinates, truncated-BPTT meta-training
-``mlrsnet``        MLR-SNet LR-schedule LSTM, meta-train/test, HD baseline
-``l3rs``           L3RS: learned per-layer mix of base optimizers, fine-tuning tasks; NES in ``meta``
+``mlrsnet``        MLR-SNet (package): schedule LSTM, meta-training, meta-test, comparison
+``l3rs``           L3RS (package): learned per-layer mix of bases, fitness, comparison; NES: ``meta``
 ``meta``           divergence guard and meta-checkpoints shared by the meta-trainers
 ``artifacts``      save / load trained optimizers by kind (``sl2o``, ``mlrsnet``, ``l3rs``)
 ``population``     many runs of one architecture as one vmapped program (seeds x grids)

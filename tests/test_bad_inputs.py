@@ -18,7 +18,8 @@ import torch
 
 import numpy as np
 
-from l2o_lib import distill, l3rs, landscape, meta, mlrsnet, pbfgs, population, sl2o, subspace, symbolic, training
+from l2o_lib import (corruptions, distill, finetuning, l3rs, landscape, meta, mlrsnet, pbfgs, population, sl2o, subspace,
+                     symbolic, training)
 from l2o_lib.config import check_seed
 from l2o_lib.data import ArrayData, BatchSampler, load_dataset, random_quadratic, split_classes
 from l2o_lib.functional import FlatModel
@@ -73,7 +74,7 @@ def env(tmp_path, monkeypatch):
 
 
 def _task(env, data):
-    return l3rs.FinetuneTask(env.theta, data, data, [0, 1], 0)
+    return finetuning.FinetuneTask(env.theta, data, data, [0, 1], 0)
 
 
 def _population_losses(env, task):
@@ -223,7 +224,7 @@ _CASES = [
     ("mlrsnet snapshots > steps", lambda e: _mlrs(e, snapshots=5), r"snapshots"),
     ("mlrsnet theta float64", lambda e: _mlrs(e, theta=e.theta.double()), r"theta.*float32"),
     ("MLRSNet hidden 0", lambda e: mlrsnet.MLRSNet(0), r"hidden"),
-    ("corrupt unknown kind", lambda e: mlrsnet.corrupt(load_dataset("logistic", root=e.root, n_train=8, n_test=8),
+    ("corrupt unknown kind", lambda e: corruptions.corrupt(load_dataset("logistic", root=e.root, n_train=8, n_test=8),
                                                        "fog", 1.0), r"kind.*noise"),
     ("split_validation n_val too big", lambda e: mlrsnet.split_validation(e.data, N), r"n_val"),
     # ------------------------------------------------------------------ l3rs and NES
@@ -232,7 +233,7 @@ _CASES = [
     ("init_phi float seed", lambda e: l3rs.init_phi(l3rs.L3RSConfig(n_layers=4), seed=0.5), r"seed"),
     ("l3rs total_steps 0", lambda e: l3rs.l3rs(l3rs.init_phi(l3rs.L3RSConfig(n_layers=4)), l3rs.L3RSConfig(n_layers=4),
                                                total_steps=0, segments=e.model.segments()), r"total_steps"),
-    ("finetune task too narrow", lambda e: l3rs.finetune(e.model, sgd(), _task(e, e.narrow), steps=2),
+    ("finetune task too narrow", lambda e: finetuning.finetune(e.model, sgd(), _task(e, e.narrow), steps=2),
      r"task.*\(N, 40\)"),
     ("population_losses task too narrow", lambda e: _population_losses(e, _task(e, e.narrow)), r"task.*\(N, 40\)"),
     ("compare_methods float seed", lambda e: l3rs.compare_methods(None, {"sgd": sgd}, seeds=[0.5], steps=2),

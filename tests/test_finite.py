@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import l2o_lib.mlrsnet as mlrsnet
+import l2o_lib.mlrsnet.meta_training as mlrsnet_meta_training
 from l2o_lib.data import ArrayData, BatchSampler
 from l2o_lib.finite import NonFiniteError
 from l2o_lib.functional import FlatModel
-from l2o_lib.l3rs import FinetuneTask, finetune
+from l2o_lib.finetuning import FinetuneTask, finetune
 from l2o_lib.meta import nes_train
 from l2o_lib.models import build_model
 from l2o_lib.optim import momentum, sgd
@@ -227,7 +228,7 @@ def mlrsnet_run(data, **kwargs):
 
 def test_mlrsnet_inf_batch_after_the_last_meta_step_is_rolled_back(monkeypatch):
     _, data = toy()
-    monkeypatch.setattr(mlrsnet, "BatchSampler",
+    monkeypatch.setattr(mlrsnet_meta_training, "BatchSampler",
                         lambda d, b, *, seed: InfAt(d, b, seed=seed, at=195 if seed == 0 else -1))
     res = mlrsnet_run(data, steps=200, t_val=100)
     h = res.history
@@ -248,7 +249,7 @@ def test_mlrsnet_gives_up_with_a_clear_error_when_it_keeps_diverging(monkeypatch
             x, y = BatchSampler.sample(self)
             return (x.clone().fill_(INF) if self.calls > self.at else x), y
 
-    monkeypatch.setattr(mlrsnet, "BatchSampler", lambda d, b, *, seed: InfFrom(d, b, seed=seed,
+    monkeypatch.setattr(mlrsnet_meta_training, "BatchSampler", lambda d, b, *, seed: InfFrom(d, b, seed=seed,
                                                                                at=1 if seed == 0 else 10**9))
     with pytest.raises(NonFiniteError, match="non-finite at step 1 .*3 times in a row") as err:
         mlrsnet_run(data, steps=40, t_val=5, patience=3)

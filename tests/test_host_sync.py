@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from l2o_lib.data import ArrayData, BatchSampler
+from l2o_lib.finetuning import FinetuneTask
 from l2o_lib.functional import FlatModel
-from l2o_lib.l3rs import FinetuneTask, L3RSConfig, init_phi, population_losses
+from l2o_lib.l3rs import L3RSConfig, init_phi, population_losses
 from l2o_lib.mlrsnet import meta_train as mlrsnet_meta_train
 from l2o_lib.models import build_model
 from l2o_lib.optim import momentum

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from l2o_lib.data import load_dataset
+from l2o_lib.finetuning import TaskFamily, finetune, pretrain_backbone
 from l2o_lib.functional import FlatModel
-from l2o_lib.l3rs import (L3RS, L3RSConfig, TaskFamily, baseline_factories, combine, finetune, head_only, init_phi,
-                          l3rs, population_fitness, population_losses, pretrain_backbone, unpack_phi)
+from l2o_lib.l3rs import (L3RS, L3RSConfig, baseline_factories, combine, init_phi, l3rs, population_fitness,
+                          population_losses, unpack_phi)
 from l2o_lib.meta import antithetic_noise, centered_ranks, nes_estimate, nes_gradient, nes_members, nes_train
 from l2o_lib.models import build_model
-from l2o_lib.optim import segment_ids
+from l2o_lib.optim import head_only, segment_ids
 from l2o_lib.results import Run
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from l2o_lib.corruptions import corrupt
 from l2o_lib.data import ArrayData, Dataset
 from l2o_lib.functional import FlatModel
 from l2o_lib.mlrsnet import (LRCarry, MLRSNet, MLRSNetScheduler, TrainedSchedule, baseline_configs,
-                             compare_schedules, corrupt, gamma_bound, hand_schedule, hypergradient_sgd,
-                             lookahead_meta_loss, meta_train, mlrsnet_lr, mlrsnet_lr_reference, mlrsnet_rule,
-                             snapshot_index, snapshot_steps, split_validation)
-from l2o_lib.optim import momentum
+                             compare_schedules, gamma_bound, hand_schedule, lookahead_meta_loss, meta_train,
+                             mlrsnet_lr, mlrsnet_lr_reference, mlrsnet_rule, snapshot_index, snapshot_steps,
+                             split_validation)
+from l2o_lib.optim import hypergradient_sgd, momentum
 from l2o_lib.population import mixed_rule, train_population, transform_rule
 from l2o_lib.results import Run
 

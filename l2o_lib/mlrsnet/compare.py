@@ -1,0 +1,251 @@
+"""The MLR-SNet comparison protocol: the paper's hand-designed schedules (:func:`hand_schedule`),
+each baseline over a small grid (:func:`baseline_configs`: SGD-momentum under five schedules, Adam,
+hypergradient descent) and :func:`compare_schedules`, which trains them and a transferred
+:class:`~l2o_lib.mlrsnet.TrainedSchedule` over seeds as one population and tunes on a validation
+split (:class:`Comparison`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..config import (check_choice, check_int, check_nonnegative, check_positive, check_probability, check_seed,
+                      check_seeds)
+from ..data import ArrayData, Dataset
+from ..functional import FlatModel
+from ..optim import momentum as momentum_transform
+from ..optim.hypergradient import hypergradient_sgd
+from ..population import Rule, schedule_table, transform_rule
+from .meta_training import split_validation
+from .network import initial_loss
+from .schedule import TrainedSchedule, mlrsnet_rule
+
+__all__ = ["MethodConfig", "HAND_DESIGNED", "hand_schedule", "baseline_configs", "Comparison", "compare_schedules"]
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One hyper-parameter setting of one compared method.
+
+    Attributes:
+        method: the method's name (``"Fixed"``, ``"MultiStep"``, ``"Adam"``, ``"HD"``, ...).
+        setting: the setting, e.g. ``"lr=0.1"``.
+        make: ``make(n_runs, steps, device) -> Rule`` for ``n_runs`` runs of ``steps`` steps.
+    """
+
+    method: str
+    setting: str
+    make: Callable[[int, int, Any], Rule]
+
+
+HAND_DESIGNED = ("Fixed", "MultiStep", "Exponential", "Cosine", "SGDR")
+
+
+def hand_schedule(method: str, lr: float, steps: int) -> Callable[[int], float]:
+    """The paper's hand-designed schedules (Eq. 4) scaled to a run of ``steps`` steps.
+
+    ``Fixed``: ``lr``. ``MultiStep``: ÷10 at 30 %, 60 % and 90 % of the run (the paper's epochs 60,
+    120, 180 of 200). ``Exponential``: a constant per-step factor that divides the LR by 100 over the
+    run (the paper's 0.95 per epoch reaches ~0 by mid-run; ours keeps the late phase useful for
+    short runs). ``Cosine``: a half cosine to 0. ``SGDR``: warm restarts with a first period of
+    5 % of the run, doubling, ``min_lr = 1e-5`` (the paper's ``E0 = 10`` of 200 epochs, ``T_mult = 2``).
+    """
+    from ..optim.schedules import constant, cosine, exponential, multistep, sgdr
+
+    check_choice("method", method, HAND_DESIGNED)
+    check_positive("lr", lr)
+    check_int("steps", steps)
+    if method == "Fixed":
+        return constant(lr)
+    if method == "MultiStep":
+        return multistep(lr, sorted({max(1, round(steps * f)) for f in (0.3, 0.6, 0.9)}), 0.1)
+    if method == "Exponential":
+        return exponential(lr, 0.01 ** (1.0 / steps))
+    if method == "Cosine":
+        return cosine(lr, steps)
+    return sgdr(lr, max(1, round(steps / 20)), 2, min_lr=1e-5)
+
+
+def baseline_configs(*, sgd_lrs: Sequence[float] = (0.03, 0.1, 0.3), adam_lrs: Sequence[float] = (3e-4, 1e-3, 3e-3),
+                     hd_lr: float = 0.1, hd_hyper_lrs: Sequence[float] = (1e-4, 1e-3, 1e-2), momentum: float = 0.9,
+                     weight_decay: float = 5e-4, methods: Sequence[str] | None = None) -> list[MethodConfig]:
+    """The compared methods, each over a small grid (the paper tunes HD's hyper-LR over powers of ten).
+
+    SGD with momentum under the five :func:`hand_schedule` schedules (grid ``sgd_lrs``), Adam at
+    constant LRs ``adam_lrs`` (paper: defaults), and hypergradient descent (:func:`~l2o_lib.optim.hypergradient_sgd`)
+    from ``hd_lr`` with hyper-LRs ``hd_hyper_lrs``; ``weight_decay`` for all (coupled, as in
+    ``torch.optim``). ``methods`` keeps a subset by name. L4 and RTHO are not implemented.
+    """
+    from ..optim import adam
+
+    check_probability("momentum", momentum)
+    check_nonnegative("weight_decay", weight_decay)
+    check_positive("hd_lr", hd_lr)
+    for name, grid in (("sgd_lrs", sgd_lrs), ("adam_lrs", adam_lrs), ("hd_hyper_lrs", hd_hyper_lrs)):
+        if not len(grid):
+            raise ValueError(f"{name} must not be empty")
+        for v in grid:
+            check_positive(name, v)
+    allowed = (*HAND_DESIGNED, "Adam", "HD")
+    if methods is not None:
+        for m in methods:
+            check_choice("methods", m, allowed)
+    wanted = set(allowed if methods is None else methods)
+    configs: list[MethodConfig] = []
+
+    def sgd_config(method: str, lr: float) -> MethodConfig:
+        def make(n: int, steps: int, device) -> Rule:
+            table = schedule_table([hand_schedule(method, lr, steps)] * n, steps, device=device)
+            tx = momentum_transform(lr=lambda t: table[t, :, None], momentum=momentum, weight_decay=weight_decay)
+            return transform_rule(tx, table)
+        return MethodConfig(method, f"lr={lr:g}", make)
+
+    def adam_config(lr: float) -> MethodConfig:
+        def make(n: int, steps: int, device) -> Rule:
+            table = torch.full((steps, n), float(lr), device=device)
+            return transform_rule(adam(lr=lambda t: table[t, :, None], weight_decay=weight_decay), table)
+        return MethodConfig("Adam", f"lr={lr:g}", make)
+
+    def hd_config(beta: float) -> MethodConfig:
+        def make(n: int, steps: int, device) -> Rule:
+            return transform_rule(hypergradient_sgd(hd_lr, beta, momentum=momentum, weight_decay=weight_decay))
+        return MethodConfig("HD", f"lr0={hd_lr:g}, β={beta:g}", make)
+
+    for method in HAND_DESIGNED:
+        if method in wanted:
+            configs += [sgd_config(method, lr) for lr in sgd_lrs]
+    if "Adam" in wanted:
+        configs += [adam_config(lr) for lr in adam_lrs]
+    if "HD" in wanted:
+        configs += [hd_config(b) for b in hd_hyper_lrs]
+    return configs
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_schedules` returns.
+
+    Attributes:
+        records: one dict per run: ``method``, ``setting``, ``seed``, ``accuracy`` and ``loss`` (final,
+            on the test split), ``val_accuracy`` and ``val_loss`` (final, on the validation split carved
+            from the training data; ``None`` without one), ``diverged_at`` (the step where the run's
+            training loss went NaN / inf, ``None`` when it stayed finite: a diverging setting of a
+            grid is a result, kept and marked).
+        lr_curves: ``{(method, setting): (steps,) mean LR over seeds}``.
+        accuracy_curves: ``{(method, setting): (eval_steps, mean accuracy)}``.
+        history: the whole :class:`~l2o_lib.population.PopulationHistory`.
+    """
+
+    records: list[dict]
+    lr_curves: dict
+    accuracy_curves: dict
+    history: Any
+
+    def _validation_means(self, methods: Sequence[str] | None):
+        import pandas as pd
+
+        frame = pd.DataFrame(self.records)
+        if methods is not None:
+            frame = frame[frame["method"].isin(list(methods))]
+        if frame["val_accuracy"].isna().any():
+            raise ValueError("these runs have no validation split to tune on (pass n_val > 0 to compare_schedules); "
+                             "selecting on the test split would report a tuned-on-test number")
+        return frame.groupby(["method", "setting"], sort=False)["val_accuracy"].mean().reset_index()
+
+    def best(self, methods: Sequence[str] | None = None) -> dict[str, str]:
+        """``{method: setting}`` with the highest mean final **validation** accuracy (the tuned
+        baselines); the test split never takes part in the choice."""
+        means = self._validation_means(methods)
+        return {m: part.loc[part["val_accuracy"].idxmax(), "setting"] for m, part in means.groupby("method", sort=False)}
+
+    def top(self, methods: Sequence[str]) -> str:
+        """The method among ``methods`` whose best setting has the highest mean validation accuracy."""
+        means = self._validation_means(methods)
+        return str(means.loc[means["val_accuracy"].idxmax(), "method"])
+
+    def tuned(self, methods: Sequence[str] | None = None) -> list[dict]:
+        """The records of each method's best setting only (for mean ± std tables)."""
+        best = self.best(methods)
+        return [r for r in self.records if best.get(r["method"]) == r["setting"]]
+
+
+def compare_schedules(model_name: str, data: Dataset, configs: Sequence[MethodConfig], *, seeds: Sequence[int],
+                      steps: int, schedule: TrainedSchedule | None = None, batch_size: int = 128,
+                      eval_every: int = 100, momentum: float = 0.9, weight_decay: float = 5e-4,
+                      model_kwargs: dict | None = None, vectorize: bool | None = None,
+                      augment: Callable | None = None, batch_seed: int = 0, desc: str | None = None,
+                      n_val: int = 0) -> Comparison:
+    """Train every ``config`` (and the transferred ``schedule``, as ``"MLR-SNet"``) once per seed
+    on ``data`` with the architecture ``model_name``, all as one population (see
+    :func:`~l2o_lib.population.train_population`). Seed ``s`` fixes the initialisation
+    (``build_model(..., seed=s)``), shared by every method, so methods differ only in their LRs
+    and mini-batch draws.
+
+    ``n_val`` training examples are held out (:func:`split_validation`, seeded by ``batch_seed``)
+    and every run is evaluated on them at the end: :meth:`Comparison.best` tunes on those, never
+    on the test split, which is only reported. ``n_val=0`` trains on the whole training split and
+    leaves nothing to tune on (for runs whose settings were chosen elsewhere)."""
+    from ..models import build_model
+    from ..population import mixed_rule, train_population
+
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data must be a Dataset, got {type(data).__name__}")
+    seeds = check_seeds("seeds", seeds)
+    check_seed("batch_seed", batch_seed)
+    configs = list(configs)
+    if not configs and schedule is None:
+        raise ValueError("nothing to compare: configs is empty and schedule is None")
+    for c in configs:
+        if not isinstance(c, MethodConfig):
+            raise ValueError(f"configs must hold MethodConfig, got {type(c).__name__}")
+    if schedule is not None and not isinstance(schedule, TrainedSchedule):
+        raise ValueError(f"schedule must be a TrainedSchedule or None, got {type(schedule).__name__}")
+    check_int("steps", steps)
+    check_int("n_val", n_val, minimum=0)
+    train, val = split_validation(data.train, n_val, seed=batch_seed) if n_val else (data.train, None)
+    device = data.device
+    kwargs = dict(model_kwargs or {})
+    modules = [build_model(model_name, data.input_shape, data.num_classes, seed=s, **kwargs).to(device) for s in seeds]
+    model = FlatModel(modules[0])
+    base = torch.stack([FlatModel(m).flatten() for m in modules])  # (S, D)
+    n = len(seeds)
+    entries = [(c.method, c.setting) for c in configs]
+    parts = [(n, c.make(n, steps, device)) for c in configs]
+    if schedule is not None:
+        f0 = torch.stack([initial_loss(model, base[i], train) for i in range(n)])
+        parts.append((n, mlrsnet_rule(schedule, total_steps=steps, num_classes=data.num_classes, f0=f0,
+                                      momentum=momentum, weight_decay=weight_decay)))
+        entries.append(("MLR-SNet", "transferred"))
+    thetas = base.repeat(len(parts), 1)
+    hist = train_population(model, train, mixed_rule(parts), thetas=thetas, steps=steps, batch_size=batch_size,
+                            seed=batch_seed, eval_data=(data.test.x, data.test.y), eval_every=eval_every,
+                            vectorize=vectorize, augment=augment, desc=desc, on_nonfinite="record")
+    validation = _final_evaluation(model, hist, val) if val is not None else None
+    records, lr_curves, acc_curves = [], {}, {}
+    for j, (method, setting) in enumerate(entries):
+        rows = slice(j * n, (j + 1) * n)
+        for i, s in enumerate(seeds):
+            k = j * n + i
+            records.append({"method": method, "setting": setting, "seed": s,
+                            "accuracy": float(hist.test_accuracy[k, -1]), "loss": float(hist.test_loss[k, -1]),
+                            "val_accuracy": None if validation is None else float(validation["accuracy"][k]),
+                            "val_loss": None if validation is None else float(validation["loss"][k]),
+                            "diverged_at": hist.extra["nonfinite_step"][k]})
+        lr_curves[(method, setting)] = hist.lr[rows].mean(0)
+        acc_curves[(method, setting)] = (hist.eval_steps, hist.test_accuracy[rows].mean(0))
+    return Comparison(records, lr_curves, acc_curves, hist)
+
+
+def _final_evaluation(model: FlatModel, hist: Any, data: ArrayData) -> dict[str, np.ndarray]:
+    """Loss and accuracy of every final member of a population run on ``data``, as host arrays
+    (each member with its own BatchNorm statistics when the model has them)."""
+    buffers = hist.extra.get("buffers")
+    if buffers:
+        rows = [model.evaluate(theta, data.x, data.y, b) for theta, b in zip(hist.thetas, buffers)]
+        out = {key: torch.stack([r[key] for r in rows]) for key in ("loss", "accuracy")}
+    else:
+        out = model.batched_evaluate(hist.thetas, data.x, data.y)
+    return {key: value.cpu().numpy() for key, value in out.items()}

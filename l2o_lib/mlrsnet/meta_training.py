@@ -1,0 +1,342 @@
+"""Meta-training MLR-SNet online (paper Algorithm 1): the one-step look-ahead objective
+(:func:`lookahead_meta_loss`) and :func:`meta_train`, which trains a model with the network's LR
+while Adam trains ``φ`` every ``t_val`` steps (checkpoints and resume through
+:class:`~l2o_lib.results.Run`, rollback through :class:`~l2o_lib.meta.DivergenceGuard`), plus the
+validation split it scores on (:func:`split_validation`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import check_int, check_nonnegative, check_positive, check_probability, check_seed
+from ..data import ArrayData, BatchSampler
+from ..finite import NonFiniteError, check_finite_data
+from ..functional import FlatModel
+from ..meta import DivergenceGuard, GuardEvent, check_meta_kind, check_not_past, load_meta_state, meta_state
+from ..results import Run, resume_or_start
+from ..training import History, _all_finite, _finish, progress
+from .network import LRCarry, MLRSNet, gamma_bound, initial_loss, mlrsnet_lr
+from .schedule import TrainedSchedule, snapshot_steps
+
+__all__ = ["split_validation", "lookahead_meta_loss", "MetaTrainResult", "meta_train"]
+
+
+def split_validation(data: ArrayData, n_val: int, *, seed: int = 0) -> tuple[ArrayData, ArrayData]:
+    """A seeded split of ``data`` into ``(train, validation)`` with ``n_val`` validation examples
+    (the paper holds out 1,000 CIFAR training images)."""
+    check_int("n_val", n_val)
+    check_seed("seed", seed)
+    if not isinstance(data, ArrayData):
+        raise ValueError(f"data must be an ArrayData, got {type(data).__name__}")
+    if n_val >= len(data):
+        raise ValueError(f"n_val={n_val} must be smaller than the {len(data)} examples")
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).to(data.device)
+    return data.subset(perm[n_val:]), data.subset(perm[:n_val])
+
+
+def lookahead_meta_loss(model: FlatModel, params: Mapping[str, Tensor], loss: Tensor, carry: LRCarry,
+                        gamma: float | Tensor, theta: Tensor, direction: Tensor, val_batch: tuple[Tensor, Tensor],
+                        buffers: dict[str, Tensor] | None = None) -> Tensor:
+    """The meta-objective of paper Eq. 10-11: ``L_val(θ − α(φ)·d)`` on one validation batch.
+
+    ``loss`` (the training loss fed to the network), ``carry``, ``theta`` and ``direction`` are
+    treated as constants; the result is differentiable in ``params``. ``buffers`` (BatchNorm
+    statistics) are copied first, so the look-ahead never writes into the real ones.
+    """
+    lr, _ = mlrsnet_lr(params, loss.detach(), LRCarry(carry.h.detach(), carry.c.detach()), gamma)
+    scratch = None if buffers is None else {k: v.clone() for k, v in buffers.items()}
+    return model.loss(theta.detach() - lr * direction.detach(), val_batch, scratch, train=True)
+
+
+@dataclass
+class MetaTrainResult:
+    """What :func:`meta_train` returns.
+
+    Attributes:
+        net: the schedule network at the end (``φ_T``).
+        schedule: the snapshots ``φ_{T/3}, φ_{2T/3}, φ_T`` as a :class:`TrainedSchedule`.
+        history: the model's training run (``train_loss``, evaluations, ``theta``); ``extra``
+            holds ``lr`` (every step), ``meta_steps`` and ``meta_loss``, ``gamma``, ``f0``,
+            ``guard_events`` and ``resumed_at``.
+    """
+
+    net: MLRSNet
+    schedule: "TrainedSchedule"
+    history: History
+
+    @property
+    def lrs(self) -> np.ndarray:
+        """The learning rate of every training step."""
+        return self.history.extra["lr"]
+
+
+def _check_batch(name: str, batch_size: int, data: ArrayData) -> None:
+    check_int(name, batch_size)
+    if batch_size > len(data):
+        raise ValueError(f"{name}={batch_size} exceeds the {len(data)} examples it samples from")
+
+
+def _check_meta_train_args(model: FlatModel, train: ArrayData, val: ArrayData,
+                           eval_data: tuple[Tensor, Tensor] | None, *,
+                           steps: int, num_classes: int, t_val: int, batch_size: int, val_batch_size: int,
+                           momentum: float, weight_decay: float, meta_lr: float, meta_weight_decay: float, hidden: int,
+                           snapshots: int, seed: int, eval_every: int, min_log: float, checkpoint_every: int | None,
+                           run: Run | None, net: MLRSNet | None) -> None:
+    """:func:`meta_train`'s argument checks, all before any work (no host sync beyond the data checks)."""
+    if not isinstance(model, FlatModel):
+        raise ValueError(f"model must be a FlatModel, got {type(model).__name__}")
+    for name, split in (("train", train), ("val", val)):
+        if not isinstance(split, ArrayData):
+            raise ValueError(f"{name} must be an ArrayData, got {type(split).__name__}")
+        model.check_data(split.x, split.y, name=name)
+    if eval_data is not None:
+        model.check_batch(eval_data, name="eval_data")
+    check_int("steps", steps)
+    check_int("num_classes", num_classes, minimum=2)
+    check_int("t_val", t_val)
+    _check_batch("batch_size", batch_size, train)
+    _check_batch("val_batch_size", val_batch_size, val)
+    check_probability("momentum", momentum)
+    check_nonnegative("weight_decay", weight_decay)
+    check_positive("meta_lr", meta_lr)
+    check_nonnegative("meta_weight_decay", meta_weight_decay)
+    check_int("hidden", hidden)
+    check_int("snapshots", snapshots)
+    if snapshots > steps:
+        raise ValueError(f"snapshots={snapshots} must not exceed steps={steps}")
+    check_seed("seed", seed)
+    check_int("eval_every", eval_every)
+    check_positive("min_log", min_log)
+    if checkpoint_every is not None:
+        check_int("checkpoint_every", checkpoint_every)
+    if run is not None and not isinstance(run, Run):
+        raise ValueError(f"run must be a Run or None, got {type(run).__name__}")
+    if net is not None and not isinstance(net, MLRSNet):
+        raise ValueError(f"net must be an MLRSNet or None, got {type(net).__name__}")
+    check_finite_data("train.x (the training inputs)", train.x)
+    check_finite_data("val.x (the validation inputs)", val.x)
+    if eval_data is not None:
+        check_finite_data("eval_data[0] (the test inputs)", eval_data[0])
+
+
+def _fresh_state(model: FlatModel, theta0: Tensor, train: ArrayData, net: MLRSNet, meta_opt: torch.optim.Optimizer,
+                 sampler: BatchSampler, val_sampler: BatchSampler, steps: int) -> dict:
+    """The state :func:`meta_train` starts from without a checkpoint (the layout its checkpoints save)."""
+    device = train.x.device
+    buffers = model.init_buffers()
+    f0 = initial_loss(model, theta0, train)
+    return {"theta": theta0, "buf": torch.zeros_like(theta0), "carry": tuple(net.init_carry()),
+            "buffers": buffers, "f0": f0, "losses": torch.full((steps,), float("nan"), device=device),
+            "lrs": torch.full((steps,), float("nan"), device=device), "meta_steps": [], "meta_losses": [],
+            "evals": [], "snapshots": [], "events": [], "reference": None,
+            "meta": meta_state(net, meta_opt), "rng": sampler.generator.get_state(),
+            "val_rng": val_sampler.generator.get_state()}
+
+
+def _momentum_direction(grad: Tensor, theta: Tensor, buf: Tensor, momentum: float, weight_decay: float) -> Tensor:
+    """``d_t = μ·d_{t-1} + g_t + wd·θ_t``, torch.optim.SGD's buffer (``d_{-1} = 0`` gives its ``d_0 = g_0``)."""
+    g = grad.add(theta, alpha=weight_decay) if weight_decay else grad
+    return torch.add(g, buf, alpha=momentum) if momentum else g
+
+
+def _copy_state(theta: Tensor, buf: Tensor, carry: LRCarry, buffers: dict[str, Tensor]) -> tuple:
+    """A copy of the model's state to roll back to (θ, the momentum buffer, the LSTM state, BatchNorm buffers)."""
+    return (theta.clone(), buf.clone(), carry, {k: v.clone() for k, v in buffers.items()})
+
+
+def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int, num_classes: int,
+               t_val: int = 100, batch_size: int = 128, val_batch_size: int = 128, momentum: float = 0.9,
+               weight_decay: float = 5e-4, meta_lr: float = 1e-3, meta_weight_decay: float = 1e-4,
+               hidden: int = 50, snapshots: int = 3, theta: Tensor | None = None, net: MLRSNet | None = None,
+               seed: int = 0, eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
+               run: Run | None = None, checkpoint_every: int | None = None, min_log: float = 1.0,
+               explode: float = 1e3, patience: int = 10, desc: str | None = "MLR-SNet meta-train",
+               fault: Callable[[int, Tensor], Tensor] | None = None) -> MetaTrainResult:
+    """Train a model with MLR-SNet's LR while meta-training the network online (paper Algorithm 1).
+
+    Each step ``t``: draw a training batch, ``(f_t, g_t)`` = loss and gradient, the momentum-SGD
+    direction ``d_t = μ·d_{t-1} + g_t + wd·θ_t``; if ``t % t_val == 0`` draw a validation batch
+    and take one Adam step on ``φ`` against :func:`lookahead_meta_loss`; then
+    ``α_t = γ·MLRSNet(f_t, carry; φ)`` with the updated ``φ`` (Eq. 12) and ``θ ← θ − α_t·d_t``.
+
+    Args:
+        model: the flat view of the network being trained.
+        train, val: training split and the held-out validation split (:func:`split_validation`).
+        steps: training steps ``T``.
+        num_classes: ``C`` in :func:`gamma_bound`.
+        t_val: steps between meta-updates (the paper 100, the public code 300).
+        batch_size, val_batch_size: training and validation mini-batch sizes.
+        momentum, weight_decay: the inner SGD's (``momentum=0`` is the paper's vanilla SGD).
+        meta_lr, meta_weight_decay: Adam on ``φ`` (paper: 1e-3 and 1e-4).
+        hidden: the LSTM width of a new network.
+        snapshots: how many ``φ`` to keep for meta-testing (at ``⌈T·l/k⌉``).
+        theta: starting parameters (the module's by default); net: a network to continue from.
+        seed: seeds the batches and a new network's initialisation.
+        eval_data, eval_every: test split evaluated at step 0, every ``eval_every`` and at the end.
+        run, checkpoint_every: with a :class:`~l2o_lib.results.Run`, save the whole state every
+            ``checkpoint_every`` steps and resume from its newest checkpoint.
+        min_log: :func:`gamma_bound`'s guard.
+        explode, patience: :class:`~l2o_lib.meta.DivergenceGuard` settings. A refused
+            meta-step also rolls the model back to its state at the last good meta-step. The
+            model itself is checked where the loop synchronises anyway (before each meta-step,
+            at checkpoints and at the end): a non-finite ``θ`` is rolled back to the last good
+            state (a guard event names the step where its loss first went non-finite), and
+            ``patience`` such rollbacks in a row raise :class:`~l2o_lib.finite.NonFiniteError`,
+            so the result never holds non-finite weights. Non-finite data is refused up front.
+        desc: progress-bar label.
+        fault: testing hook ``fault(step, meta_loss) -> meta_loss`` (e.g. inject a NaN).
+
+    Returns:
+        a :class:`MetaTrainResult`.
+    """
+    _check_meta_train_args(model, train, val, eval_data, steps=steps, num_classes=num_classes, t_val=t_val,
+                           batch_size=batch_size, val_batch_size=val_batch_size, momentum=momentum,
+                           weight_decay=weight_decay, meta_lr=meta_lr, meta_weight_decay=meta_weight_decay,
+                           hidden=hidden, snapshots=snapshots, seed=seed, eval_every=eval_every, min_log=min_log,
+                           checkpoint_every=checkpoint_every, run=run, net=net)
+
+    device = train.x.device
+    theta0 = model.flatten() if theta is None else theta.detach().clone()
+    model.check_theta(theta0)
+    check_finite_data("theta", theta0)
+    net = (MLRSNet(hidden, seed=seed) if net is None else net).to(device=device, dtype=theta0.dtype)
+    meta_opt = torch.optim.Adam(net.parameters(), lr=meta_lr, weight_decay=meta_weight_decay)
+    sampler = BatchSampler(train, batch_size, seed=seed)
+    val_sampler = BatchSampler(val, val_batch_size, seed=seed + 1)
+    keep_at = snapshot_steps(steps, snapshots)
+
+    def fresh() -> dict:
+        return _fresh_state(model, theta0, train, net, meta_opt, sampler, val_sampler, steps)
+
+    start, state = (0, fresh()) if run is None else resume_or_start(run, fresh, map_location=device)
+    check_meta_kind(state.get("meta", state), "mlrsnet")  # another trainer's checkpoint: say so before anything else
+    check_not_past("steps", steps, start)
+    load_meta_state(state.get("meta", state), net, meta_opt, kind="mlrsnet")  # a foreign checkpoint has no "meta"
+    sampler.generator.set_state(state["rng"])
+    val_sampler.generator.set_state(state["val_rng"])
+    theta, buf, buffers = state["theta"].to(device), state["buf"].to(device), state["buffers"]
+    carry = LRCarry(*(t.to(device) for t in state["carry"]))
+    f0 = state["f0"].to(device)
+    gamma = gamma_bound(f0, num_classes, min_log=min_log)
+    losses, lrs = state["losses"].to(device), state["lrs"].to(device)
+    meta_steps, meta_losses = list(state["meta_steps"]), list(state["meta_losses"])
+    evals: list[tuple[int, dict]] = [(int(s), {"loss": l, "accuracy": a}) for s, l, a in state["evals"]]
+    kept: list[dict] = list(state["snapshots"])
+    guard = DivergenceGuard(net, meta_opt, explode=explode, patience=patience)
+    guard.reference = state["reference"]
+    events_before = [tuple(e) for e in state["events"]]
+    good = _copy_state(theta, buf, carry, buffers)
+    good_step, inner_failures = start, 0
+    refused: set[int] = set()  # steps skipped after a refused meta-step: their loss stays NaN on purpose
+
+    def restore() -> None:
+        nonlocal theta, buf, carry
+        theta, buf, carry = good[0].clone(), good[1].clone(), good[2]
+        for k, v in good[3].items():
+            buffers[k].copy_(v)
+
+    def inner_ok(step: int) -> bool:
+        """At a sync point (a meta-step, a checkpoint, the end): is the model finite? If not, record
+        where its loss first went non-finite, roll it back to the last good state and return
+        ``False``; ``patience`` failed checks in a row raise :class:`NonFiniteError`."""
+        nonlocal inner_failures
+        if _all_finite([theta, buf]):
+            inner_failures = 0
+            return True
+        since = losses[good_step:step].cpu().numpy()
+        bad = [good_step + int(i) for i in np.flatnonzero(~np.isfinite(since)) if good_step + int(i) not in refused]
+        bad_at = bad[0] if bad else step - 1
+        value = float(since[bad_at - good_step]) if bad else float("nan")
+        guard.events.append(GuardEvent(bad_at, f"non-finite training loss: the model was rolled back to its state "
+                                               f"at step {good_step}", value))
+        inner_failures += 1
+        restore()
+        if inner_failures >= patience:
+            raise NonFiniteError(
+                f"MLR-SNet meta-training: the model's training loss went non-finite at step {bad_at} (0-based, of "
+                f"{steps}), {inner_failures} times in a row after rolling back to step {good_step}; check the data and "
+                "the model for NaN / inf, and lower momentum or meta_lr (the learned LR may be too large for this model)",
+                bad_at)
+        return False
+
+    def evaluate(step: int) -> None:
+        if eval_data is not None:
+            evals.append((step, model.evaluate(theta, *eval_data, buffers)))
+
+    def checkpoint(done: int) -> None:
+        events = events_before + [(e.step, e.reason, e.value) for e in guard.events]
+        run.save_checkpoint({
+            "theta": theta, "buf": buf, "carry": tuple(carry), "buffers": buffers, "f0": f0, "losses": losses,
+            "lrs": lrs, "meta_steps": meta_steps, "meta_losses": meta_losses,
+            "evals": [(s, e["loss"], e["accuracy"]) for s, e in evals], "snapshots": kept, "events": events,
+            "reference": guard.reference, "meta": meta_state(net, meta_opt, kind="mlrsnet"),
+            "rng": sampler.generator.get_state(), "val_rng": val_sampler.generator.get_state()}, done)
+
+    params = net.params()  # Adam and the guard's rollback write these tensors in place
+    clock = time.perf_counter()
+    if start == 0:
+        evaluate(0)
+    for step in progress(range(start, steps), total=steps - start, desc=desc):
+        batch = sampler.sample()
+        loss, grad = model.loss_and_grad(theta, batch, buffers)
+        # d_t = μ·d_{t-1} + g_t + wd·θ_t, torch.optim.SGD's buffer (d_{-1} = 0 gives its d_0 = g_0).
+        direction = _momentum_direction(grad, theta, buf, momentum, weight_decay)
+        skip = False
+        if step % t_val == 0:
+            if step > start and not inner_ok(step):
+                # θ went non-finite since the last check: recompute this step from the restored state.
+                loss, grad = model.loss_and_grad(theta, batch, buffers)
+                direction = _momentum_direction(grad, theta, buf, momentum, weight_decay)
+            meta_opt.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                meta_loss = lookahead_meta_loss(model, params, loss, carry, gamma, theta, direction,
+                                                val_sampler.sample(), buffers)
+                if fault is not None:
+                    meta_loss = fault(step, meta_loss)
+                meta_loss.backward()
+            if guard.step(step, meta_loss.detach()):
+                good = _copy_state(theta, buf, carry, buffers)
+                good_step = step
+                meta_steps.append(step)
+                meta_losses.append(meta_loss.detach())
+            else:
+                # The model state may itself be what went wrong: restart from the last good one.
+                restore()
+                refused.add(step)
+                skip = True
+        if not skip:
+            with torch.no_grad():
+                lr, carry = mlrsnet_lr(params, loss, carry, gamma)
+            theta = torch.addcmul(theta, lr, direction, value=-1)
+            buf = direction
+            losses[step], lrs[step] = loss, lr
+        done = step + 1
+        at_checkpoint = run is not None and checkpoint_every is not None and (done % checkpoint_every == 0 or
+                                                                              done == steps)
+        # Nothing non-finite may be saved or returned: check at the checkpoints and the end (both
+        # synchronise anyway); a state that passes becomes the one to roll back to, as after a resume.
+        if (at_checkpoint or done == steps) and inner_ok(done):
+            good = _copy_state(theta, buf, carry, buffers)
+            good_step = done
+        if done in keep_at and len(kept) < keep_at.index(done) + 1:
+            kept.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        if done % eval_every == 0 or done == steps:
+            evaluate(done)
+        if at_checkpoint:
+            checkpoint(done)
+    events = events_before + [(e.step, e.reason, e.value) for e in guard.events]
+    history = _finish(losses, evals, clock, theta, extra={
+        "lr": lrs.cpu().numpy(), "meta_steps": np.array(meta_steps, dtype=np.int64),
+        "meta_loss": torch.stack(meta_losses).cpu().numpy() if meta_losses else np.zeros(0),
+        "gamma": float(gamma), "f0": float(f0), "guard_events": events, "resumed_at": start})
+    schedule = TrainedSchedule(kept, hidden=net.hidden, info={
+        "num_classes": num_classes, "steps": steps, "t_val": t_val, "momentum": momentum,
+        "weight_decay": weight_decay, "batch_size": batch_size, "snapshot_steps": keep_at[:len(kept)],
+        "min_log": min_log})
+    return MetaTrainResult(net, schedule, history)
