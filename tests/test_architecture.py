@@ -143,3 +143,44 @@ def test_benches_use_only_public_names():
     assert benches, "no benches found: wrong root?"
     found = [f"{b.name}:{use}" for b in benches for use in private_uses(b)]
     assert not found, "benches use private library names (give them public names):\n" + "\n".join(found)
+
+
+# The layers of README's "Architecture" section, lowest first; a module may import its own layer
+# (the cycle test keeps that acyclic) and the layers below, never one above.
+LAYERS = [
+    ("ground", {"config", "finite", "files", "rundir", "results", "data", "corruptions", "models", "functional"}),
+    ("optim", {"optim"}),
+    ("engine", {"training", "population", "subspace", "lora", "meta", "finetuning", "metrics"}),
+    ("methods", {"pbfgs", "rnnprop", "sl2o", "mlrsnet", "l3rs"}),
+    ("analysis", {"artifacts", "landscape", "symbolic", "distill"}),
+    ("application", {"plots", "nbparams", "runner", "benchmark", "report", "cli"}),
+]
+
+
+def component(module: str) -> str:
+    """``l2o_lib.mlrsnet.network`` -> ``mlrsnet``; the package itself -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def upward_imports(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    """``a -> b`` for every import from a lower layer to a higher one (the package ``__init__``, which
+    re-exports the public API, sits above all layers)."""
+    level = {name: i for i, (_, names) in enumerate(layers) for name in names}
+    top = len(layers)
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                  if level.get(component(b), top) > level.get(component(a), top))
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {"l2o_lib.data.registry": {"l2o_lib.sl2o"}, "l2o_lib.sl2o": {"l2o_lib.optim.base"}}
+    assert upward_imports(graph) == ["l2o_lib.data.registry -> l2o_lib.sl2o"]
+
+
+def test_every_module_has_a_layer_and_imports_only_downwards():
+    graph = import_graph()
+    known = {name for _, names in LAYERS for name in names}
+    unplaced = sorted({component(m) for m in graph} - known - {""})
+    assert not unplaced, f"modules without a layer (add them to LAYERS and README's Architecture): {unplaced}"
+    found = upward_imports(graph)
+    assert not found, "imports that point up a layer:\n" + "\n".join(found)
