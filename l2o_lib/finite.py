@@ -18,8 +18,8 @@ from torch import Tensor
 
 from .config import check_choice
 
-__all__ = ["NonFiniteError", "ON_NONFINITE", "check_on_nonfinite", "check_finite_data", "first_nonfinite",
-           "divergence_step", "LR_HINT"]
+__all__ = ["NonFiniteError", "ON_NONFINITE", "check_on_nonfinite", "check_finite_data", "all_finite",
+           "first_nonfinite", "divergence_step", "LR_HINT"]
 
 ON_NONFINITE = ("raise", "record")
 
@@ -58,6 +58,13 @@ def check_finite_data(name: str, x: Any) -> None:
         where = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(f"{name} holds {int(bad.sum())} non-finite value(s) (NaN or inf), the first at index "
                          f"{where}; remove or repair those examples before training")
+
+
+def all_finite(tensors) -> bool:
+    """Whether every tensor of ``tensors`` is finite: one host synchronisation for all of them
+    (call it where a loop synchronises anyway, never per step)."""
+    tensors = list(tensors)
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def first_nonfinite(values: np.ndarray) -> int | None:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import check_int, check_positive, check_seed
-from .finite import NonFiniteError, check_finite_data
+from .finite import NonFiniteError, all_finite, check_finite_data
 
 __all__ = ["GuardEvent", "DivergenceGuard", "meta_state", "load_meta_state", "check_meta_kind", "check_not_past"]
 
@@ -117,8 +117,7 @@ class DivergenceGuard:
         """``optimizer.step()`` after a passed :meth:`check`; ``commit`` when the parameters it
         leaves are finite, otherwise (an overflowing update) roll back and return ``False``."""
         self.optimizer.step()
-        params = list(self.module.parameters())
-        if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        if all_finite(self.module.parameters()):
             self.commit()
             return True
         self._refuse(step, "non-finite meta-parameters after the update (it overflowed)", self._last_loss)

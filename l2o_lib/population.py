@@ -31,7 +31,8 @@ from .optim.base import Transform
 from .optim.schedules import schedule_values
 from .training import progress
 
-__all__ = ["Rule", "transform_rule", "schedule_table", "mixed_rule", "PopulationHistory", "train_population"]
+__all__ = ["Rule", "transform_rule", "schedule_table", "mixed_rule", "PopulationHistory", "evaluate_members",
+           "train_population"]
 
 
 class Rule(NamedTuple):
@@ -131,6 +132,16 @@ class PopulationHistory:
         return self.test_accuracy[:, -1]
 
 
+def evaluate_members(model: FlatModel, thetas: Tensor, x: Tensor, y: Tensor,
+                     buffers: Sequence[dict[str, Tensor]] | None = None) -> dict[str, Tensor]:
+    """Loss and accuracy of every row of ``thetas`` on ``(x, y)``, as ``(K,)`` device tensors: one
+    batched call, or one member at a time with its own BatchNorm ``buffers`` when given."""
+    if buffers:
+        rows = [model.evaluate(theta, x, y, b) for theta, b in zip(thetas, buffers)]
+        return {key: torch.stack([r[key] for r in rows]) for key in ("loss", "accuracy")}
+    return model.batched_evaluate(thetas, x, y)
+
+
 def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: Tensor, steps: int,
                      batch_size: int = 128, seed: int = 0, eval_data: tuple[Tensor, Tensor] | None = None,
                      eval_every: int = 100, vectorize: bool | None = None,
@@ -191,13 +202,8 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
     evals: list[tuple[int, dict]] = []
 
     def evaluate(step: int) -> None:
-        if eval_data is None:
-            return
-        if model.buffer_names:
-            rows = [model.evaluate(thetas[i], *eval_data, buffers[i]) for i in range(k)]
-            evals.append((step, {key: torch.stack([r[key] for r in rows]) for key in ("loss", "accuracy")}))
-        else:
-            evals.append((step, model.batched_evaluate(thetas, *eval_data)))
+        if eval_data is not None:
+            evals.append((step, evaluate_members(model, thetas, *eval_data, buffers if model.buffer_names else None)))
 
     thetas = thetas.detach().clone()
     state = rule.init(thetas)

@@ -375,16 +375,17 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
 
     prior_events = list(history.events)
 
-    last = {"ok": True}
+    last_ok = True  # whether the latest unroll's meta-step was accepted
 
     def on_unroll(value: Tensor, objective: Tensor | None) -> bool:
+        nonlocal last_ok
         optimizer.zero_grad(set_to_none=True)
         if objective is not None:
             objective.backward()
-        last["ok"] = guard.step(len(history.meta_loss), value)
+        last_ok = guard.step(len(history.meta_loss), value)
         history.meta_loss.append(float(value))
         bar.set_postfix(meta_loss=f"{history.meta_loss[-1]:.4g}", refresh=False)
-        return last["ok"]
+        return last_ok
 
     transform = rnnprop(rule, betas=betas, eps=eps, differentiable=True, fused=fused)
     for epoch in bar:
@@ -393,7 +394,7 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
                      first_order=first_order, on_unroll=on_unroll)
         history.inner_steps += steps_per_task * tasks_per_step
         if problem.test is not None:
-            if not last["ok"]:
+            if not last_ok:
                 # The last unroll was refused: the task restarted and z is its untrained start. Score
                 # what the epoch ended with, the rolled-back rule, on the epoch's task from the start.
                 z = run_task(problem, rnnprop(rule, betas=betas, eps=eps, fused=fused),

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import check_int, check_seed, check_seeds, headless
-from .finite import LR_HINT, NonFiniteError, check_finite_data, check_on_nonfinite, divergence_step
+from .finite import LR_HINT, NonFiniteError, all_finite, check_finite_data, check_on_nonfinite, divergence_step
 from .functional import Batch, FlatModel
 from .optim.base import Transform
 
@@ -86,11 +86,6 @@ def _finish(losses: Tensor, evals: list[tuple[int, dict]], start: float, theta=N
     return History(train_loss, steps, stacked[:, 0], stacked[:, 1], seconds, theta, extra=extra or {})
 
 
-def _all_finite(tensors) -> bool:
-    """Whether every tensor of ``tensors`` is finite: one host synchronisation for all of them."""
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
-
-
 def _settle(history: History, weights_finite: bool, on_nonfinite: str, *, what: str = "training",
             hint: str = LR_HINT) -> History:
     """The end-of-run rule of every loop: a run whose loss went non-finite gets
@@ -110,26 +105,19 @@ def _settle(history: History, weights_finite: bool, on_nonfinite: str, *, what: 
     raise NonFiniteError(f"{what} diverged: {when}, and the run ended with non-finite weights; {hint}", step)
 
 
-def _refuse_nonfinite_data(sampler: Sampler, eval_data: tuple[Tensor, Tensor] | None) -> None:
-    """``ValueError`` before a loop when the sampler's split (exposed as ``sampler.data``, like
-    :class:`~l2o_lib.data.BatchSampler`'s) or ``eval_data`` holds NaN / inf: one such example
-    would make the run non-finite. One host synchronisation each, before any work."""
-    data = getattr(sampler, "data", None)
-    if isinstance(getattr(data, "x", None), Tensor):
-        check_finite_data("sampler.data.x (the training inputs)", data.x)
-    if eval_data is not None:
-        check_finite_data("eval_data[0] (the evaluation inputs)", eval_data[0])
-
-
 def check_loop_data(model: FlatModel, sampler: Sampler, eval_data: tuple[Tensor, Tensor] | None) -> None:
-    """Refuse data the model cannot take, before a loop starts: the sampler's split (when it exposes
-    one as ``sampler.data``, like :class:`~l2o_lib.data.BatchSampler`) and ``eval_data``. Shapes,
-    dtypes and devices only, so no host synchronisation."""
+    """Refuse data the model cannot take or that holds NaN / inf, before a loop starts: the sampler's
+    split (when it exposes one as ``sampler.data``, like :class:`~l2o_lib.data.BatchSampler`) and
+    ``eval_data``. Shapes, dtypes and devices first (no synchronisation), then one finiteness check
+    per split (one host synchronisation each, before any work): one bad example would make the run
+    non-finite."""
     data = getattr(sampler, "data", None)
     if isinstance(getattr(data, "x", None), Tensor) and isinstance(getattr(data, "y", None), Tensor):
         model.check_data(data.x, data.y, name="sampler")
+        check_finite_data("sampler.data.x (the training inputs)", data.x)
     if eval_data is not None:
         model.check_batch(eval_data, name="eval_data")
+        check_finite_data("eval_data[0] (the evaluation inputs)", eval_data[0])
 
 
 def run_loop(model: FlatModel, step_fn: Callable[[Tensor, int, Batch], tuple[Tensor, Tensor]],
@@ -151,7 +139,6 @@ def run_loop(model: FlatModel, step_fn: Callable[[Tensor, int, Batch], tuple[Ten
     check_int("eval_every", eval_every)
     check_on_nonfinite(on_nonfinite)
     check_loop_data(model, sampler, eval_data)
-    _refuse_nonfinite_data(sampler, eval_data)
     losses = torch.empty(steps, device=theta.device)
     evals: list[tuple[int, dict]] = []
 
@@ -167,7 +154,7 @@ def run_loop(model: FlatModel, step_fn: Callable[[Tensor, int, Batch], tuple[Ten
             on_step(step + 1, theta)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1)
-    return _settle(_finish(losses, evals, start, theta), _all_finite([theta]), on_nonfinite, what=what, hint=hint)
+    return _settle(_finish(losses, evals, start, theta), all_finite([theta]), on_nonfinite, what=what, hint=hint)
 
 
 def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, steps: int,
@@ -231,7 +218,6 @@ def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: S
     evals: list[tuple[int, dict]] = []
     flat = FlatModel(module, loss_fn)
     check_loop_data(flat, sampler, eval_data)
-    _refuse_nonfinite_data(sampler, eval_data)
 
     def evaluate(step: int) -> None:
         if eval_data is not None:
@@ -256,7 +242,7 @@ def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: S
             on_step(step + 1, module)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1)
-    return _settle(_finish(losses, evals, start), _all_finite(list(module.parameters())), on_nonfinite)
+    return _settle(_finish(losses, evals, start), all_finite(list(module.parameters())), on_nonfinite)
 
 
 def mean_curve(histories: list[History], field: str = "train_loss") -> dict[str, np.ndarray]:

@@ -372,3 +372,23 @@ def test_corrupt_and_population_validation(digits_split):
     bn = FlatModel(nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10)))
     with pytest.raises(ValueError, match="vectorize"):
         train_population(bn, train, rule, thetas=bn.flatten()[None].repeat(2, 1), steps=2, vectorize=True)
+
+
+def test_evaluate_members_uses_each_members_batchnorm_state():
+    # Members trained apart carry their own BatchNorm statistics; evaluating one with another's (or
+    # the module's) statistics gives other numbers, so the per-member path must pass each its own.
+    from l2o_lib.population import evaluate_members
+
+    torch.manual_seed(0)
+    model = FlatModel(nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)))
+    thetas = torch.stack([model.flatten(), model.flatten() + 0.1])
+    buffers = [model.init_buffers() for _ in range(2)]
+    for i, b in enumerate(buffers):
+        b["1.running_mean"].fill_(float(i + 1))
+        b["1.running_var"].fill_(2.0 + i)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    got = evaluate_members(model, thetas, x, y, buffers)
+    for i in range(2):
+        want = model.evaluate(thetas[i], x, y, buffers[i])
+        assert torch.equal(got["loss"][i], want["loss"]) and torch.equal(got["accuracy"][i], want["accuracy"])
+    assert not torch.equal(got["loss"], evaluate_members(model, thetas, x, y)["loss"])

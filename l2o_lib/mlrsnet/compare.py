@@ -9,16 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from ..config import (check_choice, check_int, check_nonnegative, check_positive, check_probability, check_seed,
                       check_seeds)
-from ..data import ArrayData, Dataset
+from ..data import Dataset
 from ..functional import FlatModel
 from ..optim import momentum as momentum_transform
 from ..optim.hypergradient import hypergradient_sgd
-from ..population import Rule, schedule_table, transform_rule
+from ..population import Rule, evaluate_members, schedule_table, transform_rule
 from .meta_training import split_validation
 from .network import initial_loss
 from .schedule import TrainedSchedule, mlrsnet_rule
@@ -223,7 +222,9 @@ def compare_schedules(model_name: str, data: Dataset, configs: Sequence[MethodCo
     hist = train_population(model, train, mixed_rule(parts), thetas=thetas, steps=steps, batch_size=batch_size,
                             seed=batch_seed, eval_data=(data.test.x, data.test.y), eval_every=eval_every,
                             vectorize=vectorize, augment=augment, desc=desc, on_nonfinite="record")
-    validation = _final_evaluation(model, hist, val) if val is not None else None
+    validation = None if val is None else {  # the final members, each with its own BatchNorm state
+        key: v.cpu().numpy() for key, v in evaluate_members(model, hist.thetas, val.x, val.y,
+                                                            hist.extra["buffers"]).items()}
     records, lr_curves, acc_curves = [], {}, {}
     for j, (method, setting) in enumerate(entries):
         rows = slice(j * n, (j + 1) * n)
@@ -238,14 +239,3 @@ def compare_schedules(model_name: str, data: Dataset, configs: Sequence[MethodCo
         acc_curves[(method, setting)] = (hist.eval_steps, hist.test_accuracy[rows].mean(0))
     return Comparison(records, lr_curves, acc_curves, hist)
 
-
-def _final_evaluation(model: FlatModel, hist: Any, data: ArrayData) -> dict[str, np.ndarray]:
-    """Loss and accuracy of every final member of a population run on ``data``, as host arrays
-    (each member with its own BatchNorm statistics when the model has them)."""
-    buffers = hist.extra.get("buffers")
-    if buffers:
-        rows = [model.evaluate(theta, data.x, data.y, b) for theta, b in zip(hist.thetas, buffers)]
-        out = {key: torch.stack([r[key] for r in rows]) for key in ("loss", "accuracy")}
-    else:
-        out = model.batched_evaluate(hist.thetas, data.x, data.y)
-    return {key: value.cpu().numpy() for key, value in out.items()}

@@ -16,11 +16,11 @@ from torch import Tensor
 
 from ..config import check_int, check_nonnegative, check_positive, check_probability, check_seed
 from ..data import ArrayData, BatchSampler
-from ..finite import NonFiniteError, check_finite_data
+from ..finite import NonFiniteError, all_finite, check_finite_data
 from ..functional import FlatModel
 from ..meta import DivergenceGuard, GuardEvent, check_meta_kind, check_not_past, load_meta_state, meta_state
 from ..results import Run, resume_or_start
-from ..training import History, _all_finite, _finish, progress
+from ..training import History, _finish, progress
 from .network import LRCarry, MLRSNet, gamma_bound, initial_loss, mlrsnet_lr
 from .schedule import TrainedSchedule, snapshot_steps
 
@@ -246,7 +246,7 @@ def meta_train(model: FlatModel, train: ArrayData, val: ArrayData, *, steps: int
         where its loss first went non-finite, roll it back to the last good state and return
         ``False``; ``patience`` failed checks in a row raise :class:`NonFiniteError`."""
         nonlocal inner_failures
-        if _all_finite([theta, buf]):
+        if all_finite([theta, buf]):
             inner_failures = 0
             return True
         since = losses[good_step:step].cpu().numpy()
