@@ -152,7 +152,7 @@ LAYERS = [
     ("optim", {"optim"}),
     ("engine", {"training", "population", "subspace", "lora", "meta", "finetuning", "metrics"}),
     ("methods", {"pbfgs", "rnnprop", "sl2o", "mlrsnet", "l3rs"}),
-    ("analysis", {"artifacts", "landscape", "symbolic", "distill"}),
+    ("analysis", {"artifacts", "landscape", "symbolic", "distill", "claims"}),
     ("application", {"plots", "nbparams", "runner", "benchmark", "report", "cli"}),
 ]
 

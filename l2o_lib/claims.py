@@ -1,0 +1,189 @@
+"""A paper's claim next to what we measure: intervals over seeds, censored step counts, verdicts.
+
+A headline number of this suite is never one run. Each method notebook measures a quantity once per
+seed (a meta-training seed for a learned optimizer), and this module turns those per-seed values into
+the row of a claims table:
+
+* :func:`bootstrap_interval`: the percentile bootstrap interval of the mean over seeds (95 % by
+  default), seeded so that a rerun prints the same interval;
+* :func:`censored_summary`: step counts where some runs never reach the target. Such a run is not
+  dropped (dropping it makes a slow optimizer look fast): it counts as the horizon, so the mean is a
+  lower bound, and the number of censored runs is reported beside it;
+* :func:`claim_row` and :func:`verdict`: one row with the paper's value and its source, ours under the
+  paper's protocol and under our stronger one, the seeds, the interval and a verdict;
+* :func:`save_claims` / :func:`collect_claims`: ``results/claims.json`` of a notebook's run directory,
+  and every notebook's rows in one table (notebook 08, the README).
+
+Everything here is plain numbers in, plain numbers out: called once at the end of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import check_choice, check_int, check_seed
+from .files import to_jsonable
+
+__all__ = ["bootstrap_interval", "mean_std_interval", "CensoredSummary", "censored_summary", "verdict",
+           "claim_row", "CLAIM_FIELDS", "save_claims", "collect_claims", "format_estimate"]
+
+#: The fields every row of ``claims.json`` has (issue 18), in table order.
+CLAIM_FIELDS = ("claim", "source", "paper", "ours_paper_protocol", "ours_strong", "seeds", "interval", "verdict",
+                "explanation")
+
+VERDICTS = ("reproduced", "partly", "not reproduced")
+
+
+def _finite_values(name: str, values: Sequence[float | None]) -> np.ndarray:
+    arr = np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError(f"{name} must hold at least one value")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds a missing or non-finite value ({arr.tolist()}): count a run that never "
+                         "reaches its target with censored_summary instead of passing None / inf")
+    return arr
+
+
+def bootstrap_interval(values: Sequence[float], *, level: float = 0.95, resamples: int = 10_000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one value per seed).
+
+    With one value the interval is that value twice: one seed says nothing about the spread, and the
+    table shows ``seeds = 1`` beside it.
+    """
+    arr = _finite_values("values", values)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    check_int("resamples", resamples)
+    check_seed("seed", seed)
+    if arr.size == 1:
+        return float(arr[0]), float(arr[0])
+    rng = np.random.default_rng(seed)
+    means = arr[rng.integers(0, arr.size, size=(resamples, arr.size))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def mean_std_interval(values: Sequence[float], **kwargs) -> dict[str, Any]:
+    """``{"mean", "std", "n", "interval": [low, high]}`` of per-seed values (std with ddof = 1, 0 for one
+    value); keyword arguments go to :func:`bootstrap_interval`."""
+    arr = _finite_values("values", values)
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return {"mean": float(arr.mean()), "std": std, "n": int(arr.size), "interval": list(bootstrap_interval(arr, **kwargs))}
+
+
+@dataclass(frozen=True)
+class CensoredSummary:
+    """Step counts of runs of which ``censored`` never reached the target within ``horizon`` steps.
+
+    ``mean`` counts each censored run as ``horizon`` (so it is a lower bound when ``censored > 0``);
+    ``median`` is exact while fewer than half are censored, ``None`` otherwise."""
+
+    n: int
+    censored: int
+    horizon: int
+    mean: float
+    median: float | None
+
+    @property
+    def lower_bound(self) -> bool:
+        """Whether the mean is only a lower bound (some run never converged)."""
+        return self.censored > 0
+
+    def text(self, spec: str = ".1f") -> str:
+        """``"62.8"``, or ``"≥ 412.0 (2 of 5 never converged in 800 steps)"``."""
+        if not self.censored:
+            return format(self.mean, spec)
+        return f"≥ {self.mean:{spec}} ({self.censored} of {self.n} never converged in {self.horizon} steps)"
+
+
+def censored_summary(steps: Sequence[int | None], *, horizon: int) -> CensoredSummary:
+    """Summarise step counts where ``None`` marks a run that never reached its target by ``horizon``."""
+    check_int("horizon", horizon)
+    if len(steps) == 0:
+        raise ValueError("steps must hold at least one run")
+    values = []
+    for i, s in enumerate(steps):
+        if s is not None and not (isinstance(s, (int, np.integer)) and 0 <= s <= horizon):
+            raise ValueError(f"steps[{i}]={s!r} must be an int in [0, horizon={horizon}] or None (never converged)")
+        values.append(horizon if s is None else int(s))
+    censored = sum(s is None for s in steps)
+    arr = np.asarray(values, dtype=np.float64)
+    median = float(np.median(arr)) if 2 * censored < len(arr) else None
+    return CensoredSummary(len(arr), censored, horizon, float(arr.mean()), median)
+
+
+def verdict(ours: float, interval: Sequence[float], paper: float, *, higher_is_better: bool = True,
+            null: float | None = None) -> str:
+    """``"reproduced"`` when the interval of ours reaches the paper's value, ``"partly"`` when it does not
+    but ours is past the ``null`` effect in the claimed direction, ``"not reproduced"`` otherwise.
+
+    A ratio claim ("3.4x fewer steps than Momentum†"): the per-seed ratios' mean and interval, ``paper=3.4``,
+    ``null=1`` (``partly``: faster, but by less). A bound ("within 0.5 points of the best schedule"): the gap,
+    ``paper=0.5``, ``higher_is_better=False``. A missing or non-finite estimate is ``"not reproduced"``.
+    """
+    low, high = (float(v) for v in interval)
+    if not all(math.isfinite(v) for v in (ours, low, high, paper)):
+        return "not reproduced"
+    if (high >= paper) if higher_is_better else (low <= paper):
+        return "reproduced"
+    if null is not None and ((ours > null) if higher_is_better else (ours < null)):
+        return "partly"
+    return "not reproduced"
+
+
+def format_estimate(summary: dict[str, Any], spec: str = ".2f") -> str:
+    """``"2.61 ± 0.40 [2.20, 3.05]"`` from :func:`mean_std_interval`'s dict."""
+    low, high = summary["interval"]
+    return f"{summary['mean']:{spec}} ± {summary['std']:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
+def claim_row(*, claim: str, source: str, paper: Any, ours_paper_protocol: Any, ours_strong: Any, seeds: int,
+              interval: Sequence[float] | None, verdict: str, explanation: str = "") -> dict[str, Any]:
+    """One row of a claims table (the fields of :data:`CLAIM_FIELDS`), checked."""
+    for name, value in (("claim", claim), ("source", source)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    check_int("seeds", seeds)
+    check_choice("verdict", verdict, VERDICTS)
+    if interval is not None:
+        interval = [float(v) for v in interval]
+        if len(interval) != 2 or interval[0] > interval[1]:
+            raise ValueError(f"interval must be [low, high] with low <= high, got {interval}")
+    return to_jsonable({"claim": claim, "source": source, "paper": paper, "ours_paper_protocol": ours_paper_protocol,
+                        "ours_strong": ours_strong, "seeds": seeds, "interval": interval, "verdict": verdict,
+                        "explanation": explanation})
+
+
+def save_claims(run, rows: Sequence[dict]) -> Path:
+    """Write ``rows`` (from :func:`claim_row`) as ``results/claims.json`` of ``run`` (atomically)."""
+    rows = list(rows)
+    for i, row in enumerate(rows):
+        missing = [f for f in CLAIM_FIELDS if f not in row]
+        if missing:
+            raise ValueError(f"rows[{i}] lacks {missing}; build rows with claim_row")
+    return run.save_result("claims", rows)
+
+
+def collect_claims(profile_dir: str | Path) -> list[dict[str, Any]]:
+    """Every notebook's claims under ``profile_dir`` (``runs/<profile>``), each row with its ``notebook``.
+
+    A notebook without ``claims.json`` is skipped; an unreadable one becomes a row saying so (one
+    damaged file must not hide the others)."""
+    rows = []
+    for path in sorted(Path(profile_dir).glob("*/results/claims.json")):
+        notebook = path.parent.parent.name
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            rows.append({"notebook": notebook, "claim": f"UNREADABLE {path}: {err}; rerun the notebook"})
+            continue
+        rows += [{"notebook": notebook, **row} for row in found]
+    return rows
