@@ -145,6 +145,41 @@ def evaluate_members(model: FlatModel, thetas: Tensor, x: Tensor, y: Tensor,
     return model.batched_evaluate(thetas, x, y)
 
 
+def _check_population_args(model, data, rule, thetas, *, steps, batch_size, seed, splits, eval_every, augment,
+                           on_nonfinite, member_seeds) -> list[int] | None:
+    """:func:`train_population`'s arguments, refused before any work (one finiteness check each of the
+    training inputs and the starts); returns ``member_seeds`` as a list (or ``None``)."""
+    if not isinstance(model, FlatModel):
+        raise ValueError(f"model must be a FlatModel, got {type(model).__name__}")
+    if not isinstance(rule, Rule):
+        raise ValueError(f"rule must be a Rule, got {type(rule).__name__}")
+    if not isinstance(data, ArrayData):
+        raise ValueError(f"data must be an ArrayData, got {type(data).__name__}")
+    model.check_theta(thetas, batched=True, name="thetas")
+    model.check_data(data.x, data.y, name="data")
+    for name, split in splits.items():
+        if split is not None:
+            model.check_batch(split, name=name)
+    check_int("steps", steps)
+    check_int("batch_size", batch_size)
+    if batch_size > len(data):
+        raise ValueError(f"batch_size={batch_size} exceeds the {len(data)} training examples")
+    check_seed("seed", seed)
+    check_int("eval_every", eval_every)
+    if augment is not None and not callable(augment):
+        raise ValueError(f"augment must be callable or None, got {augment!r}")
+    check_on_nonfinite(on_nonfinite)
+    check_finite_data("data.x (the training inputs)", data.x)
+    check_finite_data("thetas", thetas)
+    if member_seeds is None:
+        return None
+    member_seeds = check_seeds("member_seeds", member_seeds)
+    if len(member_seeds) != thetas.shape[0]:
+        raise ValueError(f"member_seeds has {len(member_seeds)} seeds for {thetas.shape[0]} runs; give one per row "
+                         f"of thetas")
+    return member_seeds
+
+
 def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: Tensor, steps: int,
                      batch_size: int = 128, seed: int = 0, eval_data: tuple[Tensor, Tensor] | None = None,
                      eval_every: int = 100, vectorize: bool | None = None,
@@ -177,33 +212,11 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
             non-finite; ``"record"``: keep it, with that step in ``extra["nonfinite_step"]`` (LR
             grids, where a diverging setting is a result).
     """
-    if not isinstance(model, FlatModel):
-        raise ValueError(f"model must be a FlatModel, got {type(model).__name__}")
-    if not isinstance(rule, Rule):
-        raise ValueError(f"rule must be a Rule, got {type(rule).__name__}")
-    if not isinstance(data, ArrayData):
-        raise ValueError(f"data must be an ArrayData, got {type(data).__name__}")
-    model.check_theta(thetas, batched=True, name="thetas")
-    model.check_data(data.x, data.y, name="data")
-    for name, split in (("eval_data", eval_data), ("val_data", val_data)):
-        if split is not None:
-            model.check_batch(split, name=name)
-    check_int("steps", steps)
-    check_int("batch_size", batch_size)
-    if batch_size > len(data):
-        raise ValueError(f"batch_size={batch_size} exceeds the {len(data)} training examples")
-    check_seed("seed", seed)
-    check_int("eval_every", eval_every)
-    if augment is not None and not callable(augment):
-        raise ValueError(f"augment must be callable or None, got {augment!r}")
-    check_on_nonfinite(on_nonfinite)
-    check_finite_data("data.x (the training inputs)", data.x)
-    check_finite_data("thetas", thetas)
+    member_seeds = _check_population_args(model, data, rule, thetas, steps=steps, batch_size=batch_size, seed=seed,
+                                          splits={"eval_data": eval_data, "val_data": val_data},
+                                          eval_every=eval_every, augment=augment, on_nonfinite=on_nonfinite,
+                                          member_seeds=member_seeds)
     k, device = thetas.shape[0], thetas.device
-    if member_seeds is not None:
-        member_seeds = check_seeds("member_seeds", member_seeds)
-        if len(member_seeds) != k:
-            raise ValueError(f"member_seeds has {len(member_seeds)} seeds for {k} runs; give one per row of thetas")
     if vectorize is None:
         vectorize = k > 1 and not model.buffer_names
     elif vectorize and model.buffer_names:
@@ -241,6 +254,18 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
             evaluate(step + 1)
     train_loss, train_lr = losses.cpu().numpy(), lrs.cpu().numpy()  # on a GPU: waits for the queued steps
     seconds = time.perf_counter() - clock
+    diverged = _settle_members(train_loss, thetas, on_nonfinite)
+    eval_steps, values = stack_evals(evals, rows=k)
+    return PopulationHistory(train_loss, train_lr, eval_steps, values["loss"], values["accuracy"], seconds,
+                             thetas, extra={"buffers": buffers if model.buffer_names else None,
+                                            "nonfinite_step": diverged},
+                             val_loss=values["val_loss"], val_accuracy=values["val_accuracy"])
+
+
+def _settle_members(train_loss: np.ndarray, thetas: Tensor, on_nonfinite: str) -> list[int | None]:
+    """Per run, the step its loss first went NaN / inf (``None`` if never); with ``on_nonfinite="raise"``
+    a run that ended with non-finite weights raises :class:`~l2o_lib.finite.NonFiniteError` naming it."""
+    k, steps = train_loss.shape
     finite = torch.isfinite(thetas).all(1).tolist()
     diverged = [divergence_step(train_loss[i], finite[i]) for i in range(k)]
     if on_nonfinite == "raise" and not all(finite):
@@ -250,11 +275,7 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
             f"first non-finite at step {diverged[run]} (0-based, of {steps}); {sum(not f for f in finite)} run(s) "
             f"diverged in all; {LR_HINT}; or pass on_nonfinite='record' to keep diverged runs (LR grids)",
             diverged[run])
-    eval_steps, values = stack_evals(evals, rows=k)
-    return PopulationHistory(train_loss, train_lr, eval_steps, values["loss"], values["accuracy"], seconds,
-                             thetas, extra={"buffers": buffers if model.buffer_names else None,
-                                            "nonfinite_step": diverged},
-                             val_loss=values["val_loss"], val_accuracy=values["val_accuracy"])
+    return diverged
 
 
 def _batch_draw(data: ArrayData, k: int, batch_size: int, seed: int, member_seeds: list[int] | None,
