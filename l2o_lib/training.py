@@ -283,11 +283,11 @@ def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: S
 
 def mean_curve(histories: list[History], field: str = "train_loss") -> dict[str, np.ndarray]:
     """Mean and std over runs of one recorded curve, as ``{"x", "y", "y_std"}`` for
-    :func:`l2o_lib.plots.curves`. ``field``: ``train_loss`` (x = step 1..N), ``test_loss`` or
-    ``test_accuracy`` (x = the evaluation steps)."""
+    :func:`l2o_lib.plots.curves`. ``field``: ``train_loss`` (x = step 1..N), ``test_loss``,
+    ``test_accuracy``, ``val_loss`` or ``val_accuracy`` (x = the evaluation steps)."""
     from .config import check_choice
 
-    check_choice("field", field, ("train_loss", "test_loss", "test_accuracy"))
+    check_choice("field", field, ("train_loss", "test_loss", "test_accuracy", "val_loss", "val_accuracy"))
     if not histories:
         raise ValueError("histories must not be empty")
     ys = np.stack([getattr(h, field) for h in histories])

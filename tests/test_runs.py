@@ -12,7 +12,7 @@ from l2o_lib.models import build_model
 from l2o_lib.optim import adam, momentum, sgd
 from l2o_lib.runs import run, run_members
 from l2o_lib.tasks import Task, make_task
-from l2o_lib.training import train_flat
+from l2o_lib.training import mean_curve, train_flat
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,6 +59,8 @@ def test_run_evaluates_validation_and_test_on_one_cadence(task):
     assert not np.allclose(h.val_loss, h.test_loss)
     (n,) = run(task.without_test(), sgd(0.1), steps=7, eval_every=3)
     assert len(n.test_loss) == 0 and np.allclose(n.val_loss, h.val_loss)
+    curve = mean_curve([h, n], "val_loss")
+    assert list(curve["x"]) == [0, 3, 6, 7] and np.allclose(curve["y"], h.val_loss)
 
 
 @pytest.mark.parametrize("vectorize", [False, True])
