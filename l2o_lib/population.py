@@ -23,13 +23,13 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
-from .config import check_int, check_seed
-from .data import ArrayData
+from .config import check_int, check_seed, check_seeds
+from .data import ArrayData, BatchSampler
 from .finite import LR_HINT, NonFiniteError, check_finite_data, check_on_nonfinite, divergence_step
 from .functional import FlatModel
 from .optim.base import Transform
 from .optim.schedules import schedule_values
-from .training import progress
+from .training import evaluate_splits, progress, stack_evals
 
 __all__ = ["Rule", "transform_rule", "schedule_table", "mixed_rule", "PopulationHistory", "evaluate_members",
            "train_population"]
@@ -115,6 +115,7 @@ class PopulationHistory:
         seconds: wall time of the loop; thetas: the final ``(K, D)`` parameters.
         extra: ``buffers`` (BatchNorm state per run, or ``None``) and ``nonfinite_step``: per run,
             the 0-based step where its loss first went NaN / inf, ``None`` for a run that stayed finite.
+        val_loss, val_accuracy: ``(K, E)`` on the validation split (``(K, 0)`` without ``val_data``).
     """
 
     train_loss: np.ndarray
@@ -125,6 +126,8 @@ class PopulationHistory:
     seconds: float
     thetas: Tensor
     extra: dict = field(default_factory=dict)
+    val_loss: np.ndarray | None = None
+    val_accuracy: np.ndarray | None = None
 
     @property
     def final_accuracy(self) -> np.ndarray:
@@ -142,31 +145,10 @@ def evaluate_members(model: FlatModel, thetas: Tensor, x: Tensor, y: Tensor,
     return model.batched_evaluate(thetas, x, y)
 
 
-def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: Tensor, steps: int,
-                     batch_size: int = 128, seed: int = 0, eval_data: tuple[Tensor, Tensor] | None = None,
-                     eval_every: int = 100, vectorize: bool | None = None,
-                     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-                     desc: str | None = None, on_nonfinite: str = "raise") -> PopulationHistory:
-    """Train ``K`` runs of one architecture together; nothing syncs with the host in the loop.
-
-    Args:
-        model: the flat view of the architecture.
-        data: the training split (on the device of ``thetas``).
-        rule: the update rule (:func:`transform_rule`, :func:`mixed_rule`, MLR-SNet's rule).
-        thetas: ``(K, D)`` starting parameters (e.g. one initialisation per seed).
-        steps, batch_size: loop length and mini-batch size of every run.
-        seed: seeds the mini-batch indices (each run draws its own).
-        eval_data, eval_every: test split evaluated at step 0, every ``eval_every`` and at the end.
-        vectorize: one vmapped gradient for all runs (default: when ``K > 1`` and the model has no
-            buffers); ``False`` loops over runs, each with its own BatchNorm buffers (convolutions
-            under vmap are slower than a loop on the CPU, so pass ``False`` for them there).
-        augment: ``augment(x, generator)`` applied to every run's batch (e.g. random crops).
-        desc: progress-bar label.
-        on_nonfinite: ``"raise"``: a run whose weights end NaN / inf raises
-            :class:`~l2o_lib.finite.NonFiniteError` naming the run and the step its loss first went
-            non-finite; ``"record"``: keep it, with that step in ``extra["nonfinite_step"]`` (LR
-            grids, where a diverging setting is a result).
-    """
+def _check_population_args(model, data, rule, thetas, *, steps, batch_size, seed, splits, eval_every, augment,
+                           on_nonfinite, member_seeds) -> list[int] | None:
+    """:func:`train_population`'s arguments, refused before any work (one finiteness check each of the
+    training inputs and the starts); returns ``member_seeds`` as a list (or ``None``)."""
     if not isinstance(model, FlatModel):
         raise ValueError(f"model must be a FlatModel, got {type(model).__name__}")
     if not isinstance(rule, Rule):
@@ -175,8 +157,9 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
         raise ValueError(f"data must be an ArrayData, got {type(data).__name__}")
     model.check_theta(thetas, batched=True, name="thetas")
     model.check_data(data.x, data.y, name="data")
-    if eval_data is not None:
-        model.check_batch(eval_data, name="eval_data")
+    for name, split in splits.items():
+        if split is not None:
+            model.check_batch(split, name=name)
     check_int("steps", steps)
     check_int("batch_size", batch_size)
     if batch_size > len(data):
@@ -188,12 +171,57 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
     check_on_nonfinite(on_nonfinite)
     check_finite_data("data.x (the training inputs)", data.x)
     check_finite_data("thetas", thetas)
+    if member_seeds is None:
+        return None
+    member_seeds = check_seeds("member_seeds", member_seeds)
+    if len(member_seeds) != thetas.shape[0]:
+        raise ValueError(f"member_seeds has {len(member_seeds)} seeds for {thetas.shape[0]} runs; give one per row "
+                         f"of thetas")
+    return member_seeds
+
+
+def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: Tensor, steps: int,
+                     batch_size: int = 128, seed: int = 0, eval_data: tuple[Tensor, Tensor] | None = None,
+                     eval_every: int = 100, vectorize: bool | None = None,
+                     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+                     desc: str | None = None, on_nonfinite: str = "raise",
+                     val_data: tuple[Tensor, Tensor] | None = None,
+                     member_seeds: Sequence[int] | None = None) -> PopulationHistory:
+    """Train ``K`` runs of one architecture together; nothing syncs with the host in the loop.
+
+    Args:
+        model: the flat view of the architecture.
+        data: the training split (on the device of ``thetas``).
+        rule: the update rule (:func:`transform_rule`, :func:`mixed_rule`, MLR-SNet's rule).
+        thetas: ``(K, D)`` starting parameters (e.g. one initialisation per seed).
+        steps, batch_size: loop length and mini-batch size of every run.
+        seed: seeds the mini-batch indices (each run draws its own).
+        member_seeds: ``K`` seeds instead of ``seed``: run ``i`` then draws exactly the batches (and
+            augmentations) of ``BatchSampler(data, batch_size, seed=member_seeds[i]).sample()``, as
+            one :func:`~l2o_lib.training.train_flat` run with that seed would (runs sharing a seed
+            share their batches).
+        eval_data, eval_every: test split evaluated at step 0, every ``eval_every`` and at the end.
+        val_data: a validation split evaluated alongside (``val_loss`` / ``val_accuracy``).
+        vectorize: one vmapped gradient for all runs (default: when ``K > 1`` and the model has no
+            buffers); ``False`` loops over runs, each with its own BatchNorm buffers (convolutions
+            under vmap are slower than a loop on the CPU, so pass ``False`` for them there).
+        augment: ``augment(x, generator)`` applied to every run's batch (e.g. random crops).
+        desc: progress-bar label.
+        on_nonfinite: ``"raise"``: a run whose weights end NaN / inf raises
+            :class:`~l2o_lib.finite.NonFiniteError` naming the run and the step its loss first went
+            non-finite; ``"record"``: keep it, with that step in ``extra["nonfinite_step"]`` (LR
+            grids, where a diverging setting is a result).
+    """
+    member_seeds = _check_population_args(model, data, rule, thetas, steps=steps, batch_size=batch_size, seed=seed,
+                                          splits={"eval_data": eval_data, "val_data": val_data},
+                                          eval_every=eval_every, augment=augment, on_nonfinite=on_nonfinite,
+                                          member_seeds=member_seeds)
     k, device = thetas.shape[0], thetas.device
     if vectorize is None:
         vectorize = k > 1 and not model.buffer_names
     elif vectorize and model.buffer_names:
         raise ValueError("vectorize=True needs a model without buffers (BatchNorm); pass vectorize=False")
-    generator = torch.Generator(device=device).manual_seed(seed)
+    draw = _batch_draw(data, k, batch_size, seed, member_seeds, augment)
     buffers = [model.init_buffers() for _ in range(k)]
 
     grad_fn = vmap(grad_and_value(lambda theta, x, y: model.loss(theta, (x, y), train=True)))
@@ -202,18 +230,17 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
     evals: list[tuple[int, dict]] = []
 
     def evaluate(step: int) -> None:
-        if eval_data is not None:
-            evals.append((step, evaluate_members(model, thetas, *eval_data, buffers if model.buffer_names else None)))
+        if eval_data is not None or val_data is not None:
+            member_buffers = buffers if model.buffer_names else None
+            evals.append((step, evaluate_splits(lambda x, y: evaluate_members(model, thetas, x, y, member_buffers),
+                                                eval_data, val_data)))
 
     thetas = thetas.detach().clone()
     state = rule.init(thetas)
     clock = time.perf_counter()
     evaluate(0)
     for step in progress(range(steps), desc=desc):
-        index = torch.randint(len(data), (k, batch_size), generator=generator, device=device)
-        x, y = data.x[index], data.y[index]
-        if augment is not None:
-            x = augment(x.flatten(0, 1), generator).view(x.shape)
+        x, y = draw()
         if vectorize:
             grads, loss = grad_fn(thetas, x, y)
         else:
@@ -227,6 +254,18 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
             evaluate(step + 1)
     train_loss, train_lr = losses.cpu().numpy(), lrs.cpu().numpy()  # on a GPU: waits for the queued steps
     seconds = time.perf_counter() - clock
+    diverged = _settle_members(train_loss, thetas, on_nonfinite)
+    eval_steps, values = stack_evals(evals, rows=k)
+    return PopulationHistory(train_loss, train_lr, eval_steps, values["loss"], values["accuracy"], seconds,
+                             thetas, extra={"buffers": buffers if model.buffer_names else None,
+                                            "nonfinite_step": diverged},
+                             val_loss=values["val_loss"], val_accuracy=values["val_accuracy"])
+
+
+def _settle_members(train_loss: np.ndarray, thetas: Tensor, on_nonfinite: str) -> list[int | None]:
+    """Per run, the step its loss first went NaN / inf (``None`` if never); with ``on_nonfinite="raise"``
+    a run that ended with non-finite weights raises :class:`~l2o_lib.finite.NonFiniteError` naming it."""
+    k, steps = train_loss.shape
     finite = torch.isfinite(thetas).all(1).tolist()
     diverged = [divergence_step(train_loss[i], finite[i]) for i in range(k)]
     if on_nonfinite == "raise" and not all(finite):
@@ -236,12 +275,29 @@ def train_population(model: FlatModel, data: ArrayData, rule: Rule, *, thetas: T
             f"first non-finite at step {diverged[run]} (0-based, of {steps}); {sum(not f for f in finite)} run(s) "
             f"diverged in all; {LR_HINT}; or pass on_nonfinite='record' to keep diverged runs (LR grids)",
             diverged[run])
-    eval_steps = np.array([s for s, _ in evals], dtype=np.int64)
-    if evals:
-        stacked = torch.stack([torch.stack([e["loss"], e["accuracy"]]) for _, e in evals], -1).cpu().numpy()
-        test_loss, test_acc = stacked[0], stacked[1]
-    else:
-        test_loss = test_acc = np.zeros((k, 0))
-    return PopulationHistory(train_loss, train_lr, eval_steps, test_loss, test_acc, seconds,
-                             thetas, extra={"buffers": buffers if model.buffer_names else None,
-                                            "nonfinite_step": diverged})
+    return diverged
+
+
+def _batch_draw(data: ArrayData, k: int, batch_size: int, seed: int, member_seeds: list[int] | None,
+                augment: Callable | None) -> Callable[[], tuple[Tensor, Tensor]]:
+    """``draw() -> (x, y)`` of shape ``(K, batch_size, ...)``: one generator for all runs (``seed``),
+    or one :class:`~l2o_lib.data.BatchSampler` per run (``member_seeds``), so that run ``i`` sees the
+    batches of a single run with its seed."""
+    if member_seeds is not None:
+        samplers = [BatchSampler(data, batch_size, seed=s, augment=augment) for s in member_seeds]
+
+        def draw_each() -> tuple[Tensor, Tensor]:
+            pairs = [sampler.sample() for sampler in samplers]
+            return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+        return draw_each
+    generator = torch.Generator(device=data.x.device).manual_seed(seed)
+
+    def draw_shared() -> tuple[Tensor, Tensor]:
+        index = torch.randint(len(data), (k, batch_size), generator=generator, device=data.x.device)
+        x, y = data.x[index], data.y[index]
+        if augment is not None:
+            x = augment(x.flatten(0, 1), generator).view(x.shape)
+        return x, y
+
+    return draw_shared

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .config import check_int, check_seed, check_seeds, headless
+from .config import check_int, check_seeds, headless
 from .finite import LR_HINT, NonFiniteError, all_finite, check_finite_data, check_on_nonfinite, divergence_step
 from .functional import Batch, FlatModel
 from .optim.base import Transform
 
 __all__ = ["History", "check_loop_data", "run_loop", "train_flat", "train_module", "progress", "mean_curve",
-           "train_seeds", "tune_lr", "mean_train_loss"]
+           "train_seeds", "mean_train_loss", "evaluate_splits", "stack_evals", "EVAL_KEYS"]
 
 
 class Sampler(Protocol):
@@ -48,6 +48,8 @@ class History:
         theta: final flat parameters (``train_flat``) or ``None``.
         extra: trainer-specific records; ``nonfinite_step`` (the 0-based step where the loss
             first went NaN / inf) is present only when that happened.
+        val_loss, val_accuracy: the validation split's results at ``eval_steps`` (empty when the
+            run had no ``val_data``); tuners select on these, never on the test results.
     """
 
     train_loss: np.ndarray
@@ -57,6 +59,8 @@ class History:
     seconds: float
     theta: Tensor | None = None
     extra: dict = field(default_factory=dict)
+    val_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    val_accuracy: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def final_accuracy(self) -> float:
@@ -64,9 +68,10 @@ class History:
 
     def as_dict(self) -> dict:
         """JSON-friendly summary (arrays as lists, no tensors)."""
+        val = {"val_loss": self.val_loss.tolist(), "val_accuracy": self.val_accuracy.tolist()} if len(self.val_loss) else {}
         return {"train_loss": self.train_loss.tolist(), "eval_steps": self.eval_steps.tolist(),
                 "test_loss": self.test_loss.tolist(), "test_accuracy": self.test_accuracy.tolist(),
-                "seconds": self.seconds, **self.extra}
+                **val, "seconds": self.seconds, **self.extra}
 
 
 def progress(iterable, *, total: int | None = None, desc: str | None = None, **kwargs):
@@ -74,16 +79,41 @@ def progress(iterable, *, total: int | None = None, desc: str | None = None, **k
     return tqdm(iterable, total=total, desc=desc, disable=headless(), leave=False, **kwargs)
 
 
+EVAL_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # an evaluation: the test split's, then validation's
+
+
+def evaluate_splits(evaluate: Callable[[Tensor, Tensor], dict], eval_data: tuple[Tensor, Tensor] | None,
+                    val_data: tuple[Tensor, Tensor] | None) -> dict[str, Tensor]:
+    """One evaluation of every split a loop watches, keyed by :data:`EVAL_KEYS`: ``evaluate(x, y)``
+    on ``eval_data`` (``loss``, ``accuracy``) and on ``val_data`` (``val_loss``, ``val_accuracy``)."""
+    row = {} if eval_data is None else dict(evaluate(*eval_data))
+    if val_data is not None:
+        row.update({f"val_{k}": v for k, v in evaluate(*val_data).items()})
+    return row
+
+
+def stack_evals(evals: list[tuple[int, dict]], rows: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(eval_steps, {key: values})`` of a loop's evaluations in one host copy; each value has shape
+    ``(E,)``, or ``(rows, E)`` for a population (``rows`` runs); a key never evaluated is empty."""
+    steps = np.array([s for s, _ in evals], dtype=np.int64)
+    keys = [k for k in EVAL_KEYS if evals and k in evals[0][1]]
+    shape = (0,) if rows is None else (rows, 0)
+    out = {k: np.zeros(shape) for k in EVAL_KEYS}
+    if keys:
+        stacked = torch.stack([torch.stack([e[k] for k in keys]) for _, e in evals], -1).cpu().numpy()
+        out.update(zip(keys, stacked))
+    return steps, out
+
+
 def _finish(losses: Tensor, evals: list[tuple[int, dict]], start: float, theta=None,
             extra: dict | None = None) -> History:
     """The run's :class:`History`; the single host synchronisation of the run. The clock started at
     ``start`` stops after the copies to the host, so on a GPU it includes the queued steps."""
     train_loss = losses.cpu().numpy()
-    stacked = torch.stack([torch.stack([e["loss"], e["accuracy"]]) for _, e in evals]).cpu().numpy() \
-        if evals else np.zeros((0, 2))
+    steps, values = stack_evals(evals)
     seconds = time.perf_counter() - start
-    steps = np.array([s for s, _ in evals], dtype=np.int64)
-    return History(train_loss, steps, stacked[:, 0], stacked[:, 1], seconds, theta, extra=extra or {})
+    return History(train_loss, steps, values["loss"], values["accuracy"], seconds, theta, extra=extra or {},
+                   val_loss=values["val_loss"], val_accuracy=values["val_accuracy"])
 
 
 def _settle(history: History, weights_finite: bool, on_nonfinite: str, *, what: str = "training",
@@ -124,12 +154,14 @@ def run_loop(model: FlatModel, step_fn: Callable[[Tensor, int, Batch], tuple[Ten
              sampler: Sampler, *, steps: int, theta: Tensor, buffers: dict[str, Tensor],
              eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
              desc: str | None = None, on_step: Callable[[int, Tensor], None] | None = None,
-             on_nonfinite: str = "raise", what: str = "training", hint: str = LR_HINT) -> History:
+             on_nonfinite: str = "raise", what: str = "training", hint: str = LR_HINT,
+             val_data: tuple[Tensor, Tensor] | None = None) -> History:
     """The loop shared by every flat-parameter trainer.
 
     ``step_fn(theta, k, batch) -> (new_theta, loss)`` performs update ``k`` (0-based) and keeps
     its own optimizer state; the loop draws batches, logs losses on the device, evaluates
-    ``eval_data`` at step 0, every ``eval_every`` steps and at the end, and calls
+    ``eval_data`` (and ``val_data``, into ``History.val_*``) at step 0, every ``eval_every`` steps
+    and at the end, and calls
     ``on_step(k + 1, theta)`` after each update. At the end, non-finite final weights raise
     :class:`~l2o_lib.finite.NonFiniteError` (``on_nonfinite="raise"``, the message starts with
     ``what`` and ends with ``hint``, what to try) or are recorded in ``extra["nonfinite_step"]``
@@ -139,12 +171,14 @@ def run_loop(model: FlatModel, step_fn: Callable[[Tensor, int, Batch], tuple[Ten
     check_int("eval_every", eval_every)
     check_on_nonfinite(on_nonfinite)
     check_loop_data(model, sampler, eval_data)
+    if val_data is not None:
+        model.check_batch(val_data, name="val_data")
     losses = torch.empty(steps, device=theta.device)
     evals: list[tuple[int, dict]] = []
 
     def evaluate(step: int) -> None:
-        if eval_data is not None:
-            evals.append((step, model.evaluate(theta, *eval_data, buffers)))
+        if eval_data is not None or val_data is not None:
+            evals.append((step, evaluate_splits(lambda x, y: model.evaluate(theta, x, y, buffers), eval_data, val_data)))
 
     start = time.perf_counter()
     evaluate(0)
@@ -161,7 +195,7 @@ def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, step
                theta: Tensor | None = None, buffers: dict[str, Tensor] | None = None,
                eval_data: tuple[Tensor, Tensor] | None = None, eval_every: int = 100,
                desc: str | None = None, on_step: Callable[[int, Tensor], None] | None = None,
-               on_nonfinite: str = "raise") -> History:
+               on_nonfinite: str = "raise", val_data: tuple[Tensor, Tensor] | None = None) -> History:
     """Train with a pure transform: ``theta ← theta + update(grad, state, theta, step)``.
 
     Args:
@@ -172,6 +206,8 @@ def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, step
         theta: starting parameters (the module's current ones by default).
         buffers: BatchNorm state (a fresh copy of the module's by default); updated in place.
         eval_data: ``(x, y)`` evaluated at step 0, every ``eval_every`` steps and at the end.
+        val_data: ``(x, y)`` of a validation split, evaluated alongside (``History.val_loss`` /
+            ``val_accuracy``).
         on_step: ``on_step(k, theta)`` after the ``k``-th update (``k = 1 … steps``), e.g. to
             store checkpoints for DLDR.
         on_nonfinite: ``"raise"``: a run whose weights end NaN / inf raises
@@ -191,7 +227,7 @@ def train_flat(model: FlatModel, transform: Transform, sampler: Sampler, *, step
         return theta + delta, loss
 
     return run_loop(model, step_fn, sampler, steps=steps, theta=theta, buffers=buffers, eval_data=eval_data,
-                    eval_every=eval_every, desc=desc, on_step=on_step, on_nonfinite=on_nonfinite)
+                    eval_every=eval_every, desc=desc, on_step=on_step, on_nonfinite=on_nonfinite, val_data=val_data)
 
 
 def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler, *, steps: int,
@@ -247,11 +283,11 @@ def train_module(module: nn.Module, optimizer: torch.optim.Optimizer, sampler: S
 
 def mean_curve(histories: list[History], field: str = "train_loss") -> dict[str, np.ndarray]:
     """Mean and std over runs of one recorded curve, as ``{"x", "y", "y_std"}`` for
-    :func:`l2o_lib.plots.curves`. ``field``: ``train_loss`` (x = step 1..N), ``test_loss`` or
-    ``test_accuracy`` (x = the evaluation steps)."""
+    :func:`l2o_lib.plots.curves`. ``field``: ``train_loss`` (x = step 1..N), ``test_loss``,
+    ``test_accuracy``, ``val_loss`` or ``val_accuracy`` (x = the evaluation steps)."""
     from .config import check_choice
 
-    check_choice("field", field, ("train_loss", "test_loss", "test_accuracy"))
+    check_choice("field", field, ("train_loss", "test_loss", "test_accuracy", "val_loss", "val_accuracy"))
     if not histories:
         raise ValueError("histories must not be empty")
     ys = np.stack([getattr(h, field) for h in histories])
@@ -281,20 +317,3 @@ def mean_train_loss(history: History) -> float:
     loss = float(np.mean(history.train_loss))
     return loss if np.isfinite(loss) else float("inf")
 
-
-def tune_lr(model: FlatModel, factory: Callable[[float], Transform], lrs: Sequence[float],
-            make_sampler: Callable[[int], Sampler], *, steps: int, theta: Tensor, seed: int = 0,
-            score: Callable[[History], float] = mean_train_loss, **train_kwargs) -> tuple[float, dict[float, float]]:
-    """A small grid search: ``(best_lr, {lr: score})`` with the lowest ``score`` of one run per LR.
-
-    ``factory(lr)`` builds the optimizer; the runs share ``seed``'s batch order. A diverging LR
-    is a result, not an error: its run is recorded (``on_nonfinite="record"``) and scores ``inf``
-    with the default ``score``.
-    """
-    if not lrs:
-        raise ValueError("lrs must not be empty")
-    check_seed("seed", seed)
-    train_kwargs = {"on_nonfinite": "record", **train_kwargs}
-    scores = {float(lr): score(train_flat(model, factory(lr), make_sampler(seed), steps=steps, theta=theta,
-                                          desc=f"lr {lr:g}", **train_kwargs)) for lr in lrs}
-    return min(scores, key=scores.get), scores

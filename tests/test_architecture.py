@@ -150,7 +150,8 @@ def test_benches_use_only_public_names():
 LAYERS = [
     ("ground", {"config", "finite", "files", "rundir", "results", "data", "corruptions", "models", "functional"}),
     ("optim", {"optim"}),
-    ("engine", {"training", "population", "subspace", "lora", "meta", "finetuning", "metrics"}),
+    ("engine", {"tasks", "training", "population", "runs", "tune", "subspace", "lora", "meta", "finetuning",
+                "metrics"}),
     ("methods", {"pbfgs", "rnnprop", "sl2o", "mlrsnet", "l3rs"}),
     ("analysis", {"artifacts", "landscape", "symbolic", "distill", "claims"}),
     ("application", {"plots", "nbparams", "runner", "benchmark", "report", "cli"}),

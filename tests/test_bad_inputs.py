@@ -18,8 +18,8 @@ import torch
 
 import numpy as np
 
-from l2o_lib import (corruptions, distill, finetuning, l3rs, landscape, meta, mlrsnet, pbfgs, population, sl2o, subspace,
-                     symbolic, training)
+from l2o_lib import (corruptions, distill, finetuning, l3rs, landscape, meta, mlrsnet, pbfgs, population, runs, sl2o,
+                     subspace, symbolic, tasks, training, tune)
 from l2o_lib.config import check_seed
 from l2o_lib.data import ArrayData, BatchSampler, load_dataset, random_quadratic, split_classes
 from l2o_lib.functional import FlatModel
@@ -150,8 +150,13 @@ _CASES = [
      r"eval_data.*\(N, 40\)"),
     ("train_module sampler too narrow", lambda e: training.train_module(
         e.module, torch.optim.SGD(e.module.parameters(), lr=0.1), e.narrow_sampler, steps=2), r"sampler.*\(N, 40\)"),
-    ("tune_lr float seed", lambda e: training.tune_lr(e.model, sgd, [0.1], lambda s: e.sampler, steps=2,
-                                                      theta=e.theta, seed=0.5), r"seed.*integer"),
+    ("tune float seed", lambda e: tune.tune(tasks.Task(e.model, e.data, val=e.data, batch_size=8), {"sgd": sgd},
+                                            [0.1], steps=2, seeds=[0.5]), r"seeds.*integer"),
+    ("tune task without a validation split", lambda e: tune.tune(tasks.Task(e.model, e.data, test=e.data, batch_size=8),
+                                                                 {"sgd": sgd}, [0.1], steps=2), r"validation.*n_val"),
+    ("run float seed", lambda e: runs.run(tasks.Task(e.model, e.data, batch_size=8), sgd(), steps=2, seeds=[0.5]),
+     r"seeds.*integer"),
+    ("Task eval split too narrow", lambda e: tasks.Task(e.model, e.data, val=e.narrow), r"val.*\(N, 40\)"),
     ("train_seeds float seed", lambda e: training.train_seeds(e.model, {"sgd": sgd}, lambda s: e.sampler,
                                                               seeds=[0.5], steps=2, theta=e.theta), r"seeds.*integer"),
     ("train_seeds seeds not a sequence", lambda e: training.train_seeds(

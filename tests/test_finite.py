@@ -25,7 +25,9 @@ from l2o_lib.pbfgs import pbfgs, train_pbfgs
 from l2o_lib.population import Rule, schedule_table, train_population, transform_rule
 from l2o_lib.sl2o import LSTMRule, Problem, meta_train, rnnprop, run_task
 from l2o_lib.subspace import random_subspace
-from l2o_lib.training import train_flat, train_module, tune_lr
+from l2o_lib.tasks import Task
+from l2o_lib.training import train_flat, train_module
+from l2o_lib.tune import tune
 
 INF = float("inf")
 
@@ -116,9 +118,8 @@ def test_a_nan_schedule_is_refused_at_its_step():
 
 def test_a_diverging_lr_of_a_grid_is_recorded_and_scores_inf():
     model, data = toy()
-    best, scores = tune_lr(model, lambda lr: sgd(lr), [0.1, 1e30], lambda s: BatchSampler(data, 32, seed=s),
-                           steps=5, theta=model.flatten())
-    assert best == 0.1 and scores[1e30] == math.inf
+    result = tune(Task(model, data, val=data, batch_size=32), {"SGD": sgd}, [0.1, 1e30], steps=5)
+    assert result.best == {"SGD": 0.1} and result.scores("SGD")[1e30] == math.inf
     hist = train_flat(model, sgd(1e30), BatchSampler(data, 32, seed=0), steps=5, on_nonfinite="record")
     assert hist.extra["nonfinite_step"] <= 4
 

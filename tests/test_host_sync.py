@@ -15,8 +15,10 @@ from l2o_lib.models import build_model
 from l2o_lib.optim import momentum
 from l2o_lib.population import train_population, transform_rule
 from l2o_lib.rnnprop import LSTMRule, rnnprop
+from l2o_lib.runs import run
 from l2o_lib.sl2o import Problem, run_task
 from l2o_lib.subspace import random_subspace
+from l2o_lib.tasks import Task
 from l2o_lib.training import train_flat
 
 SYNCING = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
@@ -66,6 +68,14 @@ def test_population_loop_has_no_per_step_sync(count_syncs):
     thetas = model.flatten().expand(3, -1).clone()
     rule = transform_rule(momentum(lr=0.1))
     _same_for(count_syncs, lambda n: train_population(model, data, rule, thetas=thetas, steps=n, batch_size=32))
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_run_engine_has_no_per_step_sync(count_syncs, vectorize):
+    model, data = _toy()
+    task = Task(model, data, val=data.subset(torch.arange(64)), test=data.subset(torch.arange(64, 128)), batch_size=32)
+    _same_for(count_syncs, lambda n: run(task, momentum(lr=0.1), steps=n, seeds=[0, 1], eval_every=4,
+                                         vectorize=vectorize))
 
 
 def test_sl2o_meta_training_inner_steps_do_not_sync(count_syncs):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-import numpy as np
 from torch import Tensor
 
 from ..config import check_int, check_seeds
@@ -16,6 +15,7 @@ from ..finetuning import TaskFamily, finetune
 from ..optim import Transform, adam
 from ..optim.masked import head_only
 from ..training import History, mean_train_loss, progress
+from ..tune import best_setting, mean_scores
 
 __all__ = ["baseline_factories", "tune_baselines", "compare_methods", "speedup_records"]
 
@@ -48,12 +48,12 @@ def tune_baselines(family: "TaskFamily", factories: dict[str, Callable[[float], 
                    desc: str | None = "tune") -> dict[str, dict]:
     """Grid-search every baseline's LR on tasks ``seeds`` of ``split``.
 
-    Score: the mean training loss over the run, averaged over the tasks (what L3RS is meta-trained
-    on, and :func:`l2o_lib.training.mean_train_loss`'s criterion; diverged runs are recorded, not
-    raised, and score ``inf``).
-    Tuning happens on meta-train tasks by default, so held-out tasks stay unseen by every method.
-    (Like :func:`l2o_lib.training.tune_lr`, but averaged over tasks and in the frozen-BatchNorm
-    mode of :func:`finetune`.) Returns ``{name: {"lr": best, "scores": {lr: score}}}``.
+    Score: the mean training loss over the run (:func:`l2o_lib.training.mean_train_loss`, what L3RS
+    is meta-trained on), averaged over the tasks and chosen by the library's one selection rule
+    (:func:`l2o_lib.tune.best_setting`: a diverged run is recorded, not raised, and makes its LR
+    score ``inf``; ties go to the earlier LR). Tuning happens on meta-train tasks by default, so
+    held-out tasks stay unseen by every method; runs are in the frozen-BatchNorm mode of
+    :func:`finetune`. Returns ``{name: {"lr": best, "scores": {lr: score}}}``.
     """
     if not lrs:
         raise ValueError("lrs must not be empty")
@@ -61,13 +61,15 @@ def tune_baselines(family: "TaskFamily", factories: dict[str, Callable[[float], 
     tasks = [family.sample(split, s) for s in seeds]
     out = {}
     for name, make in progress(list(factories.items()), desc=desc):
-        scores = {}
+        records = []
         for lr in lrs:
-            scores[float(lr)] = float(np.mean([mean_train_loss(finetune(family.model, make(lr), t, steps=steps,
-                                                                        batch_size=batch_size, eval_every=steps,
-                                                                        on_nonfinite="record"))
-                                               for t in tasks]))
-        out[name] = {"lr": min(scores, key=scores.get), "scores": scores}
+            for task in tasks:
+                hist = finetune(family.model, make(lr), task, steps=steps, batch_size=batch_size, eval_every=steps,
+                                on_nonfinite="record")
+                records.append({"lr": float(lr), "score": mean_train_loss(hist),
+                                "diverged_at": hist.extra.get("nonfinite_step")})
+        scores = {row["key"]: row["score"] for row in mean_scores(records, keys="lr")}
+        out[name] = {"lr": best_setting(records, setting="lr"), "scores": scores}
     return out
 
 

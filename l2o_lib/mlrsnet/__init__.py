@@ -32,7 +32,7 @@ What is here (a package; every name below imports from ``l2o_lib.mlrsnet``):
                    the module holding ``φ``
 ``meta_training``  :func:`lookahead_meta_loss` and :func:`meta_train` (checkpoints and resume through
                    :class:`~l2o_lib.results.Run`, NaN/explosion rollback through
-                   :class:`~l2o_lib.meta.DivergenceGuard`), :func:`split_validation`
+                   :class:`~l2o_lib.meta.DivergenceGuard`); :func:`split_validation` (from :mod:`l2o_lib.tasks`)
 ``schedule``       :class:`TrainedSchedule` (the snapshots, saved and loaded as kind ``"mlrsnet"`` by
                    :mod:`~l2o_lib.artifacts`), :class:`MLRSNetScheduler`, which drives any
                    ``torch.optim`` optimizer, and :func:`mlrsnet_rule`, the meta-test of many runs at
@@ -57,7 +57,8 @@ baselines are not implemented.
 
 from ..corruptions import corrupt
 from .compare import HAND_DESIGNED, Comparison, MethodConfig, baseline_configs, compare_schedules, hand_schedule
-from .meta_training import MetaTrainResult, lookahead_meta_loss, meta_train, split_validation
+from ..tasks import split_validation
+from .meta_training import MetaTrainResult, lookahead_meta_loss, meta_train
 from .network import LRCarry, MLRSNet, gamma_bound, initial_loss, mlrsnet_lr, mlrsnet_lr_reference
 from .schedule import MLRSNetScheduler, TrainedSchedule, mlrsnet_rule, snapshot_index, snapshot_steps
 

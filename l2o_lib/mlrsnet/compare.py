@@ -18,7 +18,8 @@ from ..functional import FlatModel
 from ..optim import momentum as momentum_transform
 from ..optim.hypergradient import hypergradient_sgd
 from ..population import Rule, evaluate_members, schedule_table, transform_rule
-from .meta_training import split_validation
+from ..tasks import split_validation
+from ..tune import best_setting, best_settings
 from .network import initial_loss
 from .schedule import TrainedSchedule, mlrsnet_rule
 
@@ -143,27 +144,27 @@ class Comparison:
     accuracy_curves: dict
     history: Any
 
-    def _validation_means(self, methods: Sequence[str] | None):
-        import pandas as pd
-
-        frame = pd.DataFrame(self.records)
-        if methods is not None:
-            frame = frame[frame["method"].isin(list(methods))]
-        if frame["val_accuracy"].isna().any():
+    def _validated(self, methods: Sequence[str] | None) -> list[dict]:
+        """The records of ``methods`` (all by default), refused when any lacks a validation score."""
+        records = [r for r in self.records if methods is None or r["method"] in list(methods)]
+        if any(r["val_accuracy"] is None for r in records):
             raise ValueError("these runs have no validation split to tune on (pass n_val > 0 to compare_schedules); "
                              "selecting on the test split would report a tuned-on-test number")
-        return frame.groupby(["method", "setting"], sort=False)["val_accuracy"].mean().reset_index()
+        return records
 
     def best(self, methods: Sequence[str] | None = None) -> dict[str, str]:
         """``{method: setting}`` with the highest mean final **validation** accuracy (the tuned
-        baselines); the test split never takes part in the choice."""
-        means = self._validation_means(methods)
-        return {m: part.loc[part["val_accuracy"].idxmax(), "setting"] for m, part in means.groupby("method", sort=False)}
+        baselines), by the library's one selection rule (:func:`l2o_lib.tune.best_settings`: a run
+        that diverged counts as the worst, ties go to the setting listed first); the test split never
+        takes part in the choice."""
+        return best_settings(self._validated(methods), group="method", setting="setting", score="val_accuracy",
+                             maximize=True)
 
     def top(self, methods: Sequence[str]) -> str:
         """The method among ``methods`` whose best setting has the highest mean validation accuracy."""
-        means = self._validation_means(methods)
-        return str(means.loc[means["val_accuracy"].idxmax(), "method"])
+        method, _ = best_setting(self._validated(methods), setting=("method", "setting"), score="val_accuracy",
+                                 maximize=True)
+        return str(method)
 
     def tuned(self, methods: Sequence[str] | None = None) -> list[dict]:
         """The records of each method's best setting only (for mean ± std tables)."""

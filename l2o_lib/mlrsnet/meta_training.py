@@ -1,8 +1,8 @@
 """Meta-training MLR-SNet online (paper Algorithm 1): the one-step look-ahead objective
 (:func:`lookahead_meta_loss`) and :func:`meta_train`, which trains a model with the network's LR
 while Adam trains ``φ`` every ``t_val`` steps (checkpoints and resume through
-:class:`~l2o_lib.results.Run`, rollback through :class:`~l2o_lib.meta.DivergenceGuard`), plus the
-validation split it scores on (:func:`split_validation`)."""
+:class:`~l2o_lib.results.Run`, rollback through :class:`~l2o_lib.meta.DivergenceGuard`); the
+validation split it scores on comes from :func:`l2o_lib.tasks.split_validation`."""
 
 from __future__ import annotations
 
@@ -24,20 +24,7 @@ from ..training import History, _finish, progress
 from .network import LRCarry, MLRSNet, gamma_bound, initial_loss, mlrsnet_lr
 from .schedule import TrainedSchedule, snapshot_steps
 
-__all__ = ["split_validation", "lookahead_meta_loss", "MetaTrainResult", "meta_train"]
-
-
-def split_validation(data: ArrayData, n_val: int, *, seed: int = 0) -> tuple[ArrayData, ArrayData]:
-    """A seeded split of ``data`` into ``(train, validation)`` with ``n_val`` validation examples
-    (the paper holds out 1,000 CIFAR training images)."""
-    check_int("n_val", n_val)
-    check_seed("seed", seed)
-    if not isinstance(data, ArrayData):
-        raise ValueError(f"data must be an ArrayData, got {type(data).__name__}")
-    if n_val >= len(data):
-        raise ValueError(f"n_val={n_val} must be smaller than the {len(data)} examples")
-    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).to(data.device)
-    return data.subset(perm[n_val:]), data.subset(perm[:n_val])
+__all__ = ["lookahead_meta_loss", "MetaTrainResult", "meta_train"]
 
 
 def lookahead_meta_loss(model: FlatModel, params: Mapping[str, Tensor], loss: Tensor, carry: LRCarry,
