@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from .config import check_choice, check_int, check_seed
 from .files import to_jsonable
 
 __all__ = ["bootstrap_interval", "mean_std_interval", "CensoredSummary", "censored_summary", "verdict",
-           "claim_row", "CLAIM_FIELDS", "save_claims", "collect_claims", "format_estimate"]
+           "claim_row", "CLAIM_FIELDS", "save_claims", "collect_claims", "format_estimate", "speedup_by_seed", "steps_table", "findings"]
 
 #: The fields every row of ``claims.json`` has (issue 18), in table order.
 CLAIM_FIELDS = ("claim", "source", "paper", "ours_paper_protocol", "ours_strong", "seeds", "interval", "verdict",
@@ -120,6 +120,42 @@ def censored_summary(steps: Sequence[int | None], *, horizon: int) -> CensoredSu
     return CensoredSummary(len(arr), censored, horizon, float(arr.mean()), median)
 
 
+def speedup_by_seed(method_steps: Mapping[Any, Sequence[int | None]], baseline_steps: Sequence[int | None], *,
+                    horizon: int, **kwargs) -> dict[str, Any]:
+    """``baseline / method`` step counts once per method seed (e.g. a meta-training seed), over seeds.
+
+    ``method_steps`` maps each method seed to its runs' step counts (one per batch order), ``baseline_steps``
+    holds the baseline's runs; ``None`` is a run that never converged within ``horizon`` steps
+    (:func:`censored_summary`: counted as the horizon, never dropped). Returns the per-seed ``ratios``,
+    their :func:`mean_std_interval` (keyword arguments go to :func:`bootstrap_interval`), the summaries of
+    both sides and ``bound``: ``"exact"``, ``"lower"`` (only the baseline has censored runs, so its true
+    mean and every ratio can only be larger), ``"upper"`` (only the method has) or ``"unknown"`` (both).
+    """
+    if not method_steps:
+        raise ValueError("method_steps must hold at least one method seed")
+    base = censored_summary(baseline_steps, horizon=horizon)
+    methods = {key: censored_summary(steps, horizon=horizon) for key, steps in method_steps.items()}
+    ratios = {key: base.mean / max(m.mean, 1.0) for key, m in methods.items()}
+    method_censored = any(m.censored for m in methods.values())
+    bound = {(False, False): "exact", (True, False): "lower", (False, True): "upper"}.get(
+        (base.censored > 0, method_censored), "unknown")
+    return {"ratios": ratios, **mean_std_interval(list(ratios.values()), **kwargs), "baseline": base,
+            "method": methods, "bound": bound}
+
+
+def steps_table(steps: Mapping[str, Sequence[int | None]], *, horizon: int) -> "pd.DataFrame":
+    """One row per label: runs, how many never converged, the mean step count with censored runs counted
+    as ``horizon`` (a lower bound when any is), and the median (``None`` once half are censored)."""
+    import pandas as pd
+
+    rows = []
+    for label, values in steps.items():
+        s = censored_summary(values, horizon=horizon)
+        rows.append({"optimizer": label, "runs": s.n, "never converged": s.censored,
+                     "convergence steps": s.text(), "median": s.median})
+    return pd.DataFrame(rows)
+
+
 def verdict(ours: float, interval: Sequence[float], paper: float, *, higher_is_better: bool = True,
             null: float | None = None) -> str:
     """``"reproduced"`` when the interval of ours reaches the paper's value, ``"partly"`` when it does not
@@ -187,3 +223,17 @@ def collect_claims(profile_dir: str | Path) -> list[dict[str, Any]]:
             continue
         rows += [{"notebook": notebook, **row} for row in found]
     return rows
+
+
+def findings(rows: Sequence[dict], *, method: str, seeds_word: str = "seeds") -> str:
+    """A "What we found" paragraph in Markdown, written from claims rows (so it never goes stale)."""
+    if not rows:
+        raise ValueError("rows must hold at least one claim")
+    lines = [f"**What we found for {method}** (each estimate: mean ± std [95 % bootstrap interval] over seeds):", ""]
+    for row in rows:
+        lines.append(f"* *{row['claim']}*: the paper reports {row['paper']} ({row['source']}); we measure "
+                     f"{row['ours_paper_protocol']} under the paper's protocol and {row['ours_strong']} with baselines "
+                     f"tuned on validation data, over {row['seeds']} {seeds_word}: **{row['verdict']}**."
+                     + (f" {row['explanation']}." if row.get("explanation") else ""))
+    return "\n".join(lines)
+

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 from .config import PROFILES, check_choice, resolve_device
 
-__all__ = ["Rule", "NotebookSpec", "NOTEBOOKS", "TRAIN_SIZES", "check_notebook_params", "check",
+__all__ = ["Rule", "NotebookSpec", "one_of", "NOTEBOOKS", "TRAIN_SIZES", "check_notebook_params", "check",
            "notebook_source", "parameter_defaults", "notebook_settings", "dldr_cap"]
 
 # Defined here, not in runner: runner imports this module, so importing runner from here is a circle.
@@ -125,6 +125,11 @@ def lr_dict(keys: tuple[str, ...]) -> Rule:
             return f"must be a dict with exactly the keys {list(keys)} and finite values > 0"
         return None
     return Rule(reason)
+
+
+def one_of(*choices: str) -> Rule:
+    """One of the strings ``choices``."""
+    return Rule(lambda v: None if isinstance(v, str) and v in choices else f"must be one of {list(choices)}")
 
 
 def mapping() -> Rule:
@@ -247,9 +252,10 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
                       d=COUNT),
         cap=_cap_02),
     "03_sl2o": NotebookSpec(
-        params=dict(seed=SEED, d=COUNT_OR_NONE, device=DEVICE),
+        params=dict(seed=SEED, d=COUNT_OR_NONE, meta_seeds=COUNT_OR_NONE,
+                    protocol=one_of("paper", "strong", "both"), device=DEVICE),
         settings=dict(dataset=DATASET, model=MODEL, n_train=COUNT_OR_NONE, sub_epochs=COUNT, per_epoch=COUNT,
-                      scale=LR, meta_epochs=COUNT, task_steps=COUNT, unroll=COUNT, test_steps=COUNT, seeds=COUNT,
+                      scale=LR, ablation_scale=positive(none=True), meta_seeds=COUNT, meta_epochs=COUNT, task_steps=COUNT, unroll=COUNT, test_steps=COUNT, seeds=COUNT,
                       grid=_LR_GRID, transfer=tuples(2, "(dataset, model) pairs", dataset_at=0, model_at=1),
                       transfer_seeds=COUNT, d=COUNT),
         cap=_cap_03),

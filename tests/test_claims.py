@@ -84,3 +84,31 @@ def test_claim_row_checks_and_round_trips_through_a_run(tmp_path):
     rows = claims.collect_claims(tmp_path)
     assert [r["notebook"] for r in rows] == ["03_sl2o", "05_l3rs"]
     assert rows[0]["verdict"] == "partly" and "UNREADABLE" in rows[1]["claim"]
+
+
+def test_speedup_by_seed_one_ratio_per_meta_seed_with_censoring():
+    out = claims.speedup_by_seed({0: [50, 50], 1: [100, 100], 2: [25, 25]}, [200, 200], horizon=800)
+    assert out["ratios"] == {0: 4.0, 1: 2.0, 2: 8.0}
+    assert out["mean"] == pytest.approx(14 / 3) and out["n"] == 3 and out["bound"] == "exact"
+    censored_base = claims.speedup_by_seed({0: [50, 50]}, [200, None], horizon=800)
+    assert censored_base["ratios"][0] == pytest.approx(500 / 50) and censored_base["bound"] == "lower"
+    assert claims.speedup_by_seed({0: [None, 50]}, [200, 200], horizon=800)["bound"] == "upper"
+    assert claims.speedup_by_seed({0: [None, 50]}, [None, 200], horizon=800)["bound"] == "unknown"
+    with pytest.raises(ValueError, match="method_steps"):
+        claims.speedup_by_seed({}, [1], horizon=10)
+
+
+def test_steps_table_counts_runs_that_never_converged():
+    table = claims.steps_table({"SL2O": [40, 50], "Momentum†": [300, None]}, horizon=800)
+    assert table["never converged"].tolist() == [0, 1]
+    assert table["convergence steps"].tolist()[0] == "45.0"
+    assert table["convergence steps"].tolist()[1].startswith("≥ 550.0")
+
+
+def test_findings_are_written_from_the_rows():
+    row = claims.claim_row(claim="faster", source="Table 1", paper="3.41x", ours_paper_protocol="2.0",
+                           ours_strong="1.5", seeds=3, interval=(1.0, 3.0), verdict="partly", explanation="because")
+    text = claims.findings([row], method="SL2O", seeds_word="meta-training seeds")
+    assert "3.41x" in text and "**partly**" in text and "3 meta-training seeds" in text and "because" in text
+    with pytest.raises(ValueError, match="rows"):
+        claims.findings([], method="SL2O")
