@@ -20,6 +20,7 @@ from ..data import ArrayData, BatchSampler
 from ..finite import NonFiniteError, all_finite, check_finite_data
 from ..functional import FlatModel
 from ..meta import DivergenceGuard, GuardEvent, resume_meta, save_meta
+from ..optim.kernels import coupled_decay, heavy_ball
 from ..results import Run
 from ..training import History, _finish, progress
 from .network import LRCarry, MLRSNet, gamma_bound, initial_loss, mlrsnet_lr
@@ -127,8 +128,8 @@ def _fresh_state(model: FlatModel, theta0: Tensor, train: ArrayData, net: MLRSNe
 
 def _momentum_direction(grad: Tensor, theta: Tensor, buf: Tensor, momentum: float, weight_decay: float) -> Tensor:
     """``d_t = μ·d_{t-1} + g_t + wd·θ_t``, torch.optim.SGD's buffer (``d_{-1} = 0`` gives its ``d_0 = g_0``)."""
-    g = grad.add(theta, alpha=weight_decay) if weight_decay else grad
-    return torch.add(g, buf, alpha=momentum) if momentum else g
+    g = coupled_decay(grad, theta, weight_decay)
+    return heavy_ball(buf, g, momentum) if momentum else g
 
 
 def _copy_state(theta: Tensor, buf: Tensor, carry: LRCarry, buffers: dict[str, Tensor]) -> tuple:
