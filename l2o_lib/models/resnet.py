@@ -31,13 +31,20 @@ class _ShortcutA(nn.Module):
 
 
 class _BasicBlockA(nn.Module):
+    """Two 3x3 conv + BN layers with a residual connection; option-A shortcut (parameter-free)."""
+
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _ShortcutA(in_planes, planes) if stride != 1 or in_planes != planes else nn.Identity()
+        # Built last, so a shortcut with parameters draws its initialisation after the convolutions.
+        self.shortcut = self._shortcut(in_planes, planes, stride) if stride != 1 or in_planes != planes \
+            else nn.Identity()
+
+    def _shortcut(self, in_planes: int, planes: int, stride: int) -> nn.Module:
+        return _ShortcutA(in_planes, planes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -58,24 +65,11 @@ def _stages(block: type[nn.Module], in_planes: int, num_blocks: Sequence[int], w
     return nn.Sequential(*stages)
 
 
-class _BasicBlockB(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-            )
-        else:
-            self.shortcut = nn.Identity()
+class _BasicBlockB(_BasicBlockA):
+    """The block with option-B shortcut: a 1x1 conv + BN where the shape changes (kuangliu)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+    def _shortcut(self, in_planes: int, planes: int, stride: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
 
 
 class ResNet(nn.Module):
