@@ -75,14 +75,8 @@ _DELETING_GLOB = ".*.deleting-*"  # a run directory renamed aside by Run._clear,
 def _git_commit() -> str | None:
     """The commit of the checkout holding this package, or ``None`` (no git, no repo, no commit)."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     commit = out.stdout.strip()
@@ -195,13 +189,8 @@ class Run:
         resumed: whether an existing run was reopened.
     """
 
-    def __init__(
-        self,
-        name: str,
-        root: str | os.PathLike = "runs",
-        params: dict | None = None,
-        resume: bool | str = True,
-    ) -> None:
+    def __init__(self, name: str, root: str | os.PathLike = "runs", params: dict | None = None,
+                 resume: bool | str = True) -> None:
         self.name = check_name("name", name)
         if params is not None and not isinstance(params, dict) and not dataclasses.is_dataclass(params):
             raise ValueError(f"params must be a dict (or a dataclass) or None, got {type(params).__name__}")

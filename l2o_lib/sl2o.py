@@ -38,7 +38,7 @@ from torch.func import vmap
 from .config import check_int, check_positive, check_seed
 from .finite import check_finite_data
 from .functional import FlatModel
-from .meta import DivergenceGuard, GuardEvent, check_meta_kind, check_not_past, load_meta_state, meta_state
+from .meta import DivergenceGuard, GuardEvent, resume_meta, save_meta
 from .optim.adapter import FlatOptimizer
 from .optim.base import Transform
 from .lora import LoRASpace, lora_dagger
@@ -338,43 +338,18 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
             last unroll was refused is scored by running the rolled-back rule on its task.
         fused: step the rule through :func:`~l2o_lib.rnnprop.fused_rnnprop` (compiled on CUDA).
     """
-    if not isinstance(rule, LSTMRule):
-        raise ValueError(f"rule must be an LSTMRule, got {type(rule).__name__}")
-    if not isinstance(problem, Problem):
-        raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
-    check_int("epochs", epochs)
-    check_int("steps_per_task", steps_per_task)
-    check_int("unroll", unroll)
-    check_positive("meta_lr", meta_lr)
-    check_int("tasks_per_step", tasks_per_step)
-    check_seed("seed", seed)
-    if unroll > steps_per_task:
-        raise ValueError(f"unroll={unroll} must be <= steps_per_task={steps_per_task}")
-    check_finite_data("problem.train[0] (the training inputs)", problem.train[0])
-    if problem.test is not None:
-        check_finite_data("problem.test[0] (the test inputs)", problem.test[0])
+    _check_meta_train_args(rule, problem, epochs=epochs, steps_per_task=steps_per_task, unroll=unroll,
+                           meta_lr=meta_lr, tasks_per_step=tasks_per_step, seed=seed)
     device = problem.theta0.device
     rule.to(device)
     optimizer = torch.optim.Adam(rule.parameters(), lr=meta_lr)
     guard = DivergenceGuard(rule, optimizer, explode=explode, patience=patience)
-    history, start, best = MetaHistory(), 0, None
-    if run is not None:
-        latest = run.latest_checkpoint(map_location=device)
-        if latest is not None:
-            start, state = latest
-            check_meta_kind(state, "sl2o")  # another trainer's checkpoint: say so before anything else
-            check_not_past("epochs", epochs, start)
-            extra = load_meta_state(state, rule, optimizer, kind="sl2o")
-            history, best = MetaHistory.from_dict(extra["history"]), extra["best"]
-            guard.commit()
-            # The explosion test compares with the first accepted meta-loss: without it a resumed
-            # run would take its first unroll as the reference and accept what the run refused.
-            guard.reference = extra.get("reference")
+    start, extra = resume_meta(run, kind="sl2o", module=rule, optimizer=optimizer, guard=guard, total_name="epochs",
+                               total=epochs, map_location=device)
+    history, best = (MetaHistory(), None) if extra is None else (MetaHistory.from_dict(extra["history"]), extra["best"])
     bar = progress(range(start, epochs), total=epochs, initial=start, desc=desc)
     clock = time.perf_counter() - history.seconds
-
     prior_events = list(history.events)
-
     last_ok = True  # whether the latest unroll's meta-step was accepted
 
     def on_unroll(value: Tensor, objective: Tensor | None) -> bool:
@@ -397,25 +372,51 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
             if not last_ok:
                 # The last unroll was refused: the task restarted and z is its untrained start. Score
                 # what the epoch ended with, the rolled-back rule, on the epoch's task from the start.
-                z = run_task(problem, rnnprop(rule, betas=betas, eps=eps, fused=fused),
-                             torch.Generator(device=device).manual_seed(seed + epoch), steps=steps_per_task,
-                             unroll=steps_per_task, tasks=tasks_per_step, first_order=True,
+                z = run_task(problem, rnnprop(rule, betas=betas, eps=eps, fused=fused), generator.manual_seed(seed + epoch),
+                             steps=steps_per_task, unroll=steps_per_task, tasks=tasks_per_step, first_order=True,
                              on_unroll=lambda value, objective: True)
-            scores = problem.model.evaluate(problem.lift(z[0]), *problem.test)
-            loss = float(scores["loss"])
-            history.epoch_test_loss.append(loss)
-            history.epoch_test_accuracy.append(float(scores["accuracy"]))
-            if best is None or _rank(loss) < _rank(best["loss"]):
-                best = {"loss": loss, "epoch": epoch, "weights": {k: v.clone() for k, v in rule.state_dict().items()}}
+            best = _score_epoch(rule, problem, z[0], epoch, history, best)
         history.events = prior_events + guard.events
         history.seconds = time.perf_counter() - clock
-        if run is not None:
-            run.save_checkpoint(meta_state(rule, optimizer, kind="sl2o", history=history.as_dict(), best=best,
-                                           reference=guard.reference), epoch + 1)
+        save_meta(run, epoch + 1, kind="sl2o", module=rule, optimizer=optimizer, guard=guard,
+                  history=history.as_dict(), best=best)
     if best is not None:
         rule.load_state_dict(best["weights"])
         history.best_epoch = best["epoch"]
     return history
+
+
+def _check_meta_train_args(rule: LSTMRule, problem: Problem, *, epochs: int, steps_per_task: int, unroll: int,
+                           meta_lr: float, tasks_per_step: int, seed: int) -> None:
+    """:func:`meta_train`'s argument checks, all before any work."""
+    if not isinstance(rule, LSTMRule):
+        raise ValueError(f"rule must be an LSTMRule, got {type(rule).__name__}")
+    if not isinstance(problem, Problem):
+        raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
+    check_int("epochs", epochs)
+    check_int("steps_per_task", steps_per_task)
+    check_int("unroll", unroll)
+    check_positive("meta_lr", meta_lr)
+    check_int("tasks_per_step", tasks_per_step)
+    check_seed("seed", seed)
+    if unroll > steps_per_task:
+        raise ValueError(f"unroll={unroll} must be <= steps_per_task={steps_per_task}")
+    check_finite_data("problem.train[0] (the training inputs)", problem.train[0])
+    if problem.test is not None:
+        check_finite_data("problem.test[0] (the test inputs)", problem.test[0])
+
+
+def _score_epoch(rule: LSTMRule, problem: Problem, z: Tensor, epoch: int, history: MetaHistory,
+                 best: dict | None) -> dict | None:
+    """Score an epoch's final coordinates ``z`` on ``problem.test`` into ``history``; return the
+    best epoch so far (``{"loss", "epoch", "weights"}``), this one when it beats ``best``."""
+    scores = problem.model.evaluate(problem.lift(z), *problem.test)
+    loss = float(scores["loss"])
+    history.epoch_test_loss.append(loss)
+    history.epoch_test_accuracy.append(float(scores["accuracy"]))
+    if best is None or _rank(loss) < _rank(best["loss"]):
+        return {"loss": loss, "epoch": epoch, "weights": {k: v.clone() for k, v in rule.state_dict().items()}}
+    return best
 
 
 class Trained(NamedTuple):

@@ -162,8 +162,6 @@ class Case:
     saves: bool | str = True
 
 
-SCHEDULE_IN_GROUP = ("the lr schedule sits in param_groups (torch.optim keeps schedules in lr_scheduler "
-                     "objects), and a local closure (cosine.<locals>.schedule) cannot be pickled by torch.save")
 NO_LSTM_VMAP = ("nn.LSTMCell (aten::lstm_cell) has no vmap batching rule; LSTMRule batches natively instead "
                 "(K·D coordinates as rows, checked by the (K, D) test), and the fused path vmaps")
 
@@ -195,9 +193,8 @@ TABLE: list[tuple[str, Case]] = [
     ("lamb", baseline("lamb", native="per-tensor trust ratios need one flat (D,) vector: segments are checked "
                                       "against theta.numel(); batch it with vmap", lr=1e-2, weight_decay=1e-2)),
     # schedules as lr
-    ("momentum-cosine", baseline("momentum", lr=cosine(0.1, total_steps=TOTAL, warmup=1), momentum=0.9,
-                                 saves=SCHEDULE_IN_GROUP)),
-    ("adam-cosine", baseline("adam", lr=cosine(1e-2, total_steps=TOTAL, min_lr=1e-3), saves=SCHEDULE_IN_GROUP)),
+    ("momentum-cosine", baseline("momentum", lr=cosine(0.1, total_steps=TOTAL, warmup=1), momentum=0.9)),
+    ("adam-cosine", baseline("adam", lr=cosine(1e-2, total_steps=TOTAL, min_lr=1e-3))),
     # hypergradient SGD: its LR lives in the state, (K, 1) for (K, D) parameters
     ("hypergradient_sgd", Case(
         lambda e: hypergradient_sgd(0.05, 1e-3, momentum=0.9, weight_decay=1e-3),
@@ -222,9 +219,6 @@ TABLE: list[tuple[str, Case]] = [
         lambda e: lora_dagger(adamw(1e-2), e.lora),
         lambda e, params: FlatOptimizer(params, lambda lr=1e-2: lora_dagger(adamw(lr), e.lora)),
         origin_start=True,
-        round_trip="FlatOptimizer rebuilds its state template after load_state_dict with init(current params), "
-                   "and lora_dagger.init raises unless theta is the LoRA origin: a loaded optimizer (FlatOptimizer or "
-                   "SL2O over a LoRASpace) cannot take a step",
         native="LoRASpace.pullback takes one (D,) gradient (and init compares theta with the origin); "
                "batch it with vmap")),
     ("l3rs", Case(

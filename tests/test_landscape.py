@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from l2o_lib import landscape as L
+from l2o_lib.landscape import grids as LG, planes as LP
 from l2o_lib.data import ArrayData
 from l2o_lib.functional import FlatModel
 from l2o_lib.landscape import (LandscapeGrid, Plane, auto_chunk_size, filter_normalized_direction, grid,
@@ -157,7 +158,7 @@ def test_project_reads_memmapped_trajectories_in_blocks(tmp_path, monkeypatch):
     traj = Trajectory(7, D, store=tmp_path / "traj.npy")
     for k, p in enumerate(pts):
         traj.append(p, k)
-    monkeypatch.setattr(L, "PROJECT_BLOCK_BYTES", 8 * D * 3)  # 3 rows per block
+    monkeypatch.setattr(LP, "PROJECT_BLOCK_BYTES", 8 * D * 3)  # 3 rows per block
     got, residual = project(traj, plane)
     torch.testing.assert_close(got, coords, atol=1e-4, rtol=0)
     assert float(residual.max()) < 1e-4
@@ -237,7 +238,7 @@ def test_auto_chunk_size_is_at_least_one_and_follows_the_budget(model, data, mon
     theta = model.flatten()
     big = auto_chunk_size(model, theta, x)
     assert big > 1
-    monkeypatch.setattr(L, "CPU_BUDGET_BYTES", 1)
+    monkeypatch.setattr(LG, "CPU_BUDGET_BYTES", 1)
     assert auto_chunk_size(model, theta, x) == 1
     plane = random_plane(model, theta, seed=0)
     calls = []
@@ -255,7 +256,7 @@ def test_auto_chunk_size_is_at_least_one_and_follows_the_budget(model, data, mon
     monkeypatch.setattr(model, "evaluate", count_single)
     one = grid(model, plane, x, y, resolution=3)
     assert calls == [1, 0] * 9  # nine chunks of one point, each evaluated without vmap
-    monkeypatch.setattr(L, "CPU_BUDGET_BYTES", 1 << 30)
+    monkeypatch.setattr(LG, "CPU_BUDGET_BYTES", 1 << 30)
     calls.clear()
     whole = grid(model, plane, x, y, resolution=3)
     assert calls == [9]  # the whole grid in one batched call

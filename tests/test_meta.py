@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from l2o_lib.finite import NonFiniteError
-from l2o_lib.meta import DivergenceGuard, load_meta_state, meta_state, nes_train
+from l2o_lib.meta import DivergenceGuard, load_meta_state, meta_state, nes_train, resume_meta, save_meta
 from l2o_lib.results import Run
 
 
@@ -123,3 +123,39 @@ def test_nes_refuses_fewer_generations_than_the_run_holds(tmp_path):
     nes_train(torch.zeros(3), fitness, generations=4, pairs=2, run=Run("nes", root=tmp_path, params={}), desc=None)
     with pytest.raises(ValueError, match="generations=2 is smaller than the 4 the run already holds"):
         nes_train(torch.zeros(3), fitness, generations=2, pairs=2, run=Run("nes", root=tmp_path), desc=None)
+
+
+def test_resume_meta_restores_what_save_meta_wrote(tmp_path):
+    net, opt = setup()
+    guard = DivergenceGuard(net, opt)
+    good_step(net, opt, guard, 0)
+    run = Run("m", root=tmp_path, params={})
+    run.log_metrics(5, loss=1.0)
+    assert resume_meta(None, kind="x", module=net, optimizer=opt, total_name="epochs", total=3) == (0, None)
+    assert resume_meta(run, kind="x", module=net, optimizer=opt, total_name="epochs", total=3) == (0, None)
+    save_meta(run, 2, kind="x", module=net, optimizer=opt, guard=guard, history=[1.0])
+    net2, opt2 = setup(lr=0.5)
+    guard2 = DivergenceGuard(net2, opt2)
+    start, extra = resume_meta(run, kind="x", module=net2, optimizer=opt2, guard=guard2, total_name="epochs", total=3)
+    assert start == 2 and extra == {"history": [1.0], "reference": guard.reference}
+    assert guard2.reference == guard.reference is not None
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), net2.parameters()))
+    assert opt2.param_groups[0]["lr"] == 0.1 and opt2.state_dict()["state"][0]["step"] == 1
+    # The guard committed the loaded state: a refused step rolls back to it, not to the fresh one.
+    net2.weight.grad = torch.full_like(net2.weight, float("nan"))
+    assert not guard2.check(3, 1.0) and torch.equal(net2.weight, net.weight)
+    assert run.metrics == []  # rewound to the checkpoint's step
+    with pytest.raises(ValueError, match="'x' meta-training, not 'y'"):
+        resume_meta(run, kind="y", module=net2, optimizer=opt2, total_name="epochs", total=3)
+    with pytest.raises(ValueError, match="epochs=1 is smaller than the 2"):
+        resume_meta(run, kind="x", module=net2, optimizer=opt2, total_name="epochs", total=1)
+
+
+def test_a_checkpoint_in_mlrsnets_former_nested_layout_still_loads():
+    net, opt = setup()
+    old = {"theta": torch.ones(2), "reference": 0.5, "meta": meta_state(net, opt, kind="mlrsnet")}
+    net2, opt2 = setup(lr=0.5)
+    extra = load_meta_state(old, net2, opt2, kind="mlrsnet")
+    assert set(extra) == {"theta", "reference"} and opt2.param_groups[0]["lr"] == 0.1
+    with pytest.raises(ValueError, match="'mlrsnet' meta-training, not 'sl2o'"):
+        load_meta_state(old, net2, opt2, kind="sl2o")

@@ -1,6 +1,7 @@
 """Optimizers as pure ``(init, update)`` transforms over flat vectors, schedules, a registry and
 the ``torch.optim`` adapter; hypergradient SGD (:mod:`.hypergradient`) and masked (head-only)
-updates (:mod:`.masked`). See :mod:`l2o_lib.optim.base` for the contract."""
+updates (:mod:`.masked`); the arithmetic several of them share, written once (:mod:`.kernels`).
+See :mod:`l2o_lib.optim.base` for the contract."""
 
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ lives in ``self.state`` under the group's first parameter, as a ``dict``, so ``s
 
 from __future__ import annotations
 
+import collections
+import functools
 import inspect
 from typing import Any, Callable, Iterable
 
@@ -55,6 +57,21 @@ class FlatOptimizer(torch.optim.Optimizer):
         self._templates: dict[int, Any] = {}  # an initial state per group: the layout of its flat dict
         super().__init__(params, defaults)
 
+    def state_dict(self) -> dict:
+        """``torch.optim``'s state dict without the groups' schedules (an ``lr`` that is a function of the
+        step cannot be stored by ``torch.save``): the optimizer that loads it keeps its own."""
+        state = super().state_dict()
+        state["param_groups"] = [{k: v for k, v in g.items() if not callable(v)} for g in state["param_groups"]]
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """``torch.optim``'s, keeping each group's schedules (left out by :meth:`state_dict`)."""
+        schedules = [{k: v for k, v in g.items() if callable(v)} for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, own in zip(self.param_groups, schedules):
+            for k, v in own.items():
+                group.setdefault(k, v)
+
     def _transform(self, group: dict, params: list[Tensor]) -> Transform:
         kwargs = {k: group[k] for k in self._hparam_names}
         if self._wants_segments:
@@ -77,11 +94,15 @@ class FlatOptimizer(torch.optim.Optimizer):
 
     def _step_group(self, index: int, group: dict, params: list[Tensor], active: list[bool]) -> None:
         slot = self.state[params[0]]
-        if not slot or index not in self._templates:  # first step, or after load_state_dict
+        if not slot:  # first step: the layout of the flat dict is the transform's initial state
             self._templates[index] = self._transform(group, params).init(torch.cat([p.reshape(-1) for p in params]))
+            slot.update(step=0, flat=_to_dict(self._templates[index]))
+        elif index not in self._templates:
+            # After load_state_dict the state carries its own layout (nested dicts of field names).
+            # init(current params) is not asked for one: a rule may refuse to start where a resumed
+            # run stands (lora_dagger starts only at the LoRA origin).
+            self._templates[index] = _rebuild(slot["flat"])
         template = self._templates[index]
-        if not slot:
-            slot.update(step=0, flat=_to_dict(template))
         # torch.optim counts steps per parameter: one that had no gradient for a while starts its
         # bias correction / momentum buffer where it is, not where the group is.
         counts = slot.setdefault("param_steps", [slot["step"]] * len(params))
@@ -152,6 +173,20 @@ def _to_dict(state: Any) -> Any:
     if isinstance(state, tuple) and hasattr(state, "_fields"):
         return {k: _to_dict(v) for k, v in state._asdict().items()}
     return state
+
+
+@functools.lru_cache(maxsize=None)
+def _loaded_state_type(fields: tuple[str, ...]) -> type:
+    """A NamedTuple type with ``fields``, standing in for a loaded state's original type."""
+    return collections.namedtuple("LoadedState", fields)
+
+
+def _rebuild(d: Any) -> Any:
+    """A state from :func:`_to_dict`'s nested dicts alone: NamedTuples with the same fields, in order
+    (:func:`_from_dict` then reads every later step through it)."""
+    if isinstance(d, dict):
+        return _loaded_state_type(tuple(d))(**{k: _rebuild(v) for k, v in d.items()})
+    return d
 
 
 def _from_dict(template: Any, d: Any) -> Any:

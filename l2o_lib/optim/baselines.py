@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..config import check_nonnegative, check_positive, check_probability
 from .base import LR, EmptyState, Transform, check_betas, check_lr, lr_at, segment_ids, segment_norms
+from .kernels import adam_moments, coupled_decay, heavy_ball
 
 __all__ = ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adamax", "lion", "lamb",
            "MomentumState", "AdamState", "RMSPropState"]
@@ -38,18 +39,13 @@ class RMSPropState(NamedTuple):
     buf: Tensor
 
 
-def _decayed(grad: Tensor, theta: Tensor, weight_decay: float) -> Tensor:
-    # Coupled (L2) weight decay, as torch.optim adds it to the gradient.
-    return grad.add(theta, alpha=weight_decay) if weight_decay else grad
-
-
 def sgd(lr: LR = 0.1, *, weight_decay: float = 0.0) -> Transform:
     """Plain SGD: ``delta = -lr · (g + wd · theta)``."""
     check_lr(lr)
     check_nonnegative("weight_decay", weight_decay)
 
     def update(grad, state, theta, step):
-        return _decayed(grad, theta, weight_decay).mul(-lr_at(lr, step)), state
+        return coupled_decay(grad, theta, weight_decay).mul(-lr_at(lr, step)), state
 
     return Transform(lambda theta: EmptyState(), update)
 
@@ -70,8 +66,8 @@ def momentum(lr: LR = 0.1, momentum: float = 0.9, *, nesterov: bool = False, dam
         raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
 
     def update(grad, state, theta, step):
-        g = _decayed(grad, theta, weight_decay)
-        buf = g.clone() if step == 0 else state.buf.mul(momentum).add(g, alpha=1 - dampening)
+        g = coupled_decay(grad, theta, weight_decay)
+        buf = heavy_ball(state.buf, g, momentum, dampening=dampening, first=step == 0)
         d = g.add(buf, alpha=momentum) if nesterov else buf
         return d.mul(-lr_at(lr, step)), MomentumState(buf)
 
@@ -88,8 +84,7 @@ def nesterov(lr: LR = 0.1, momentum: float = 0.9, *, weight_decay: float = 0.0) 
 
 def _adam_direction(grad: Tensor, state: AdamState, step: int, lr: float, beta1: float, beta2: float,
                     eps: float) -> tuple[Tensor, AdamState]:
-    exp_avg = state.exp_avg.lerp(grad, 1 - beta1)
-    exp_avg_sq = state.exp_avg_sq.mul(beta2).addcmul(grad, grad, value=1 - beta2)
+    exp_avg, exp_avg_sq = adam_moments(state.exp_avg, state.exp_avg_sq, grad, beta1, beta2)
     t = step + 1
     step_size = lr / (1 - beta1 ** t)
     denom = (exp_avg_sq.sqrt() / (1 - beta2 ** t) ** 0.5).add(eps)
@@ -110,7 +105,7 @@ def adam(lr: LR = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8
     check_nonnegative("weight_decay", weight_decay)
 
     def update(grad, state, theta, step):
-        g = _decayed(grad, theta, weight_decay)
+        g = coupled_decay(grad, theta, weight_decay)
         return _adam_direction(g, state, step, lr_at(lr, step), beta1, beta2, eps)
 
     return Transform(_adam_init, update)
@@ -142,7 +137,7 @@ def rmsprop(lr: LR = 1e-2, alpha: float = 0.99, eps: float = 1e-8, *, momentum: 
     check_nonnegative("weight_decay", weight_decay)
 
     def update(grad, state, theta, step):
-        g = _decayed(grad, theta, weight_decay)
+        g = coupled_decay(grad, theta, weight_decay)
         square_avg = state.square_avg.mul(alpha).addcmul(g, g, value=1 - alpha)
         grad_avg = state.grad_avg
         if centered:
@@ -173,7 +168,7 @@ def adamax(lr: LR = 2e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e
     check_nonnegative("weight_decay", weight_decay)
 
     def update(grad, state, theta, step):
-        g = _decayed(grad, theta, weight_decay)
+        g = coupled_decay(grad, theta, weight_decay)
         exp_avg = state.exp_avg.lerp(g, 1 - beta1)
         exp_inf = torch.maximum(state.exp_avg_sq.mul(beta2), g.abs().add(eps))
         clr = lr_at(lr, step) / (1 - beta1 ** (step + 1))
@@ -222,8 +217,7 @@ def lamb(lr: LR = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-6
         return cache[key], len(sizes)
 
     def update(grad, state, theta, step):
-        exp_avg = state.exp_avg.lerp(grad, 1 - beta1)
-        exp_avg_sq = state.exp_avg_sq.mul(beta2).addcmul(grad, grad, value=1 - beta2)
+        exp_avg, exp_avg_sq = adam_moments(state.exp_avg, state.exp_avg_sq, grad, beta1, beta2)
         t = step + 1
         r = (exp_avg / (1 - beta1 ** t)).div((exp_avg_sq / (1 - beta2 ** t)).sqrt().add(eps))
         if weight_decay:

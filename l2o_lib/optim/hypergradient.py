@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..config import check_nonnegative, check_positive, check_probability
 from .base import Transform
+from .kernels import coupled_decay, heavy_ball
 
 __all__ = ["HDState", "hypergradient_sgd"]
 
@@ -54,10 +55,10 @@ def hypergradient_sgd(lr: float | Tensor = 0.01, hyper_lr: float | Tensor = 1e-4
         return HDState(rate.expand(shape).clone(), zero, zero.clone())
 
     def update(grad: Tensor, state: HDState, theta: Tensor, step: int) -> tuple[Tensor, HDState]:
-        g = grad.add(theta, alpha=weight_decay) if weight_decay else grad
+        g = coupled_decay(grad, theta, weight_decay)
         beta = hyper_lr.to(theta) if isinstance(hyper_lr, Tensor) else hyper_lr
         rate = state.lr + beta * (g * state.prev).sum(-1, keepdim=True)
-        buf = g.clone() if step == 0 else state.buf.mul(momentum).add(g)
+        buf = heavy_ball(state.buf, g, momentum, first=step == 0)
         return buf * -rate, HDState(rate, buf, buf)
 
     return Transform(init, update)

@@ -158,18 +158,7 @@ def landscape_contour(
         name=field, showlegend=False,
     ))
     for name, coords in trajs.items():
-        xy = coords - shift
-        color = color_for(name)
-        steps = np.arange(len(xy))
-        fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="lines", name=name, legendgroup=name,
-                                 line=dict(color=color, width=2.5), customdata=steps,
-                                 hovertemplate=f"{name}<br>step %{{customdata}}<br>α=%{{x:.3g}}, β=%{{y:.3g}}<extra></extra>"))
-        for where, symbol, size in ((0, "circle", 11), (-1, "star", 16)):
-            fig.add_trace(go.Scatter(
-                x=[xy[where, 0]], y=[xy[where, 1]], mode="markers", name=f"{name} {'start' if where == 0 else 'end'}",
-                legendgroup=name, showlegend=False, hoverinfo="name+x+y",
-                marker=dict(symbol=symbol, size=size, color=color, line=dict(color="white", width=1.5)),
-            ))
+        _add_path(fig, name, coords - shift)
     if trajs:
         _legend_key(fig, symbols=("circle", "star"))
     _layout(fig, title=title, xlabel=xlabel, ylabel=ylabel, height=560)
@@ -221,24 +210,12 @@ def landscape_surface(
         ValueError: as :func:`landscape_contour`, plus ``values`` not of length ``K`` or a
             negative ``lift``.
     """
-    from ..landscape import grid_values_at
-
     alphas, betas, values = _field_values(grid, field)
     log_scale = _resolve_log(log_scale, field)
     check_nonnegative("lift", lift)
     if not isinstance(eye, (tuple, list)) or len(eye) != 3:
         raise ValueError(f"eye must be three numbers (x, y, z), got {eye!r}")
-    coords, heights = {}, {}
-    for name, spec in _trajectory_dict(trajectories).items():
-        if isinstance(spec, tuple) and len(spec) == 2 and not hasattr(spec, "residual"):
-            coords[name] = _coords(name, spec[0])
-            h = np.asarray(_to_numpy(spec[1]), dtype=float)
-            if h.shape != (len(coords[name]),):
-                raise ValueError(f"trajectory {name!r}: values must have shape ({len(coords[name])},), got {h.shape}")
-        else:
-            coords[name] = _coords(name, spec)
-            h = grid_values_at(grid, coords[name], field=field)
-        heights[name] = _log_values(h, log_scale, f"{field} along trajectory {name!r}")
+    coords, heights = _surface_paths(grid, trajectories, field, log_scale)
     shift = _origin_shift(origin, coords)
     z = _log_values(values, log_scale, f"grid.{field}")
     label = f"log₁₀ {field}" if log_scale else field
@@ -251,17 +228,7 @@ def landscape_surface(
         name=field, showlegend=False, opacity=0.9,
     ))
     for name, xy in coords.items():
-        xy = xy - shift
-        h = heights[name] + offset
-        color = color_for(name)
-        fig.add_trace(go.Scatter3d(x=xy[:, 0], y=xy[:, 1], z=h, mode="lines", name=name, legendgroup=name,
-                                   line=dict(color=color, width=6)))
-        for where, symbol in ((0, "circle"), (-1, "diamond")):
-            fig.add_trace(go.Scatter3d(
-                x=[xy[where, 0]], y=[xy[where, 1]], z=[h[where]], mode="markers",
-                name=f"{name} {'start' if where == 0 else 'end'}", legendgroup=name, showlegend=False,
-                marker=dict(symbol=symbol, size=6, color=color, line=dict(color="white", width=1)),
-            ))
+        _add_path_3d(fig, name, xy - shift, heights[name] + offset)
     if coords:
         _legend_key(fig, symbols=("circle", "diamond"), scatter=go.Scatter3d)
     _layout(fig, title=title, xlabel=None, ylabel=None, height=600)
@@ -273,3 +240,52 @@ def landscape_surface(
         margin=dict(l=20, r=0, t=90 if title else 50, b=10),
     )
     return fig
+
+
+def _add_path(fig: go.Figure, name: str, xy: np.ndarray) -> None:
+    """A trajectory on the contour: a line in :func:`color_for` its name, a circle at its start and
+    a star at its end (markers in the line's legend group, not in the legend)."""
+    color = color_for(name)
+    fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="lines", name=name, legendgroup=name,
+                             line=dict(color=color, width=2.5), customdata=np.arange(len(xy)),
+                             hovertemplate=f"{name}<br>step %{{customdata}}<br>α=%{{x:.3g}}, β=%{{y:.3g}}<extra></extra>"))
+    for where, symbol, size in ((0, "circle", 11), (-1, "star", 16)):
+        fig.add_trace(go.Scatter(
+            x=[xy[where, 0]], y=[xy[where, 1]], mode="markers", name=f"{name} {'start' if where == 0 else 'end'}",
+            legendgroup=name, showlegend=False, hoverinfo="name+x+y",
+            marker=dict(symbol=symbol, size=size, color=color, line=dict(color="white", width=1.5)),
+        ))
+
+
+def _surface_paths(grid: Any, trajectories: Mapping[str, Any] | None, field: str,
+                   log_scale: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(coords, heights)`` per trajectory of :func:`landscape_surface`: heights given with the
+    coordinates, or read off the grid (bilinear), on the colour scale (log10 with ``log_scale``)."""
+    from ..landscape import grid_values_at
+
+    coords, heights = {}, {}
+    for name, spec in _trajectory_dict(trajectories).items():
+        if isinstance(spec, tuple) and len(spec) == 2 and not hasattr(spec, "residual"):
+            coords[name] = _coords(name, spec[0])
+            h = np.asarray(_to_numpy(spec[1]), dtype=float)
+            if h.shape != (len(coords[name]),):
+                raise ValueError(f"trajectory {name!r}: values must have shape ({len(coords[name])},), got {h.shape}")
+        else:
+            coords[name] = _coords(name, spec)
+            h = grid_values_at(grid, coords[name], field=field)
+        heights[name] = _log_values(h, log_scale, f"{field} along trajectory {name!r}")
+    return coords, heights
+
+
+def _add_path_3d(fig: go.Figure, name: str, xy: np.ndarray, h: np.ndarray) -> None:
+    """A trajectory on the surface at heights ``h``: a 3-D line, a circle at its start and a diamond
+    at its end (3-D markers have no star)."""
+    color = color_for(name)
+    fig.add_trace(go.Scatter3d(x=xy[:, 0], y=xy[:, 1], z=h, mode="lines", name=name, legendgroup=name,
+                               line=dict(color=color, width=6)))
+    for where, symbol in ((0, "circle"), (-1, "diamond")):
+        fig.add_trace(go.Scatter3d(
+            x=[xy[where, 0]], y=[xy[where, 1]], z=[h[where]], mode="markers",
+            name=f"{name} {'start' if where == 0 else 'end'}", legendgroup=name, showlegend=False,
+            marker=dict(symbol=symbol, size=6, color=color, line=dict(color="white", width=1)),
+        ))

@@ -81,6 +81,30 @@ def _pick_layers(n_layers: int, layers: Any, layer_names: list[str], max_layers:
     return picked
 
 
+def _check_mixing(steps: Any, mu: Any, base_names: Any, layer_names: Any,
+                  atol: float) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """:func:`mixing_areas`'s data checked: ``(steps (T,), mu (T, L, P), P base names, L layer names)``."""
+    x = np.asarray(_to_numpy(steps))
+    m = np.asarray(_to_numpy(mu), dtype=float)
+    if m.ndim != 3:
+        raise ValueError(f"mu must have shape (T, L, P), got {m.shape}")
+    T, n_layers, P = m.shape
+    if x.shape != (T,):
+        raise ValueError(f"steps must have shape (T,) = ({T},) to match mu, got {x.shape}")
+    base_names = [str(n) for n in base_names] if isinstance(base_names, (list, tuple)) else base_names
+    if not isinstance(base_names, list) or len(base_names) != P:
+        raise ValueError(f"base_names must be a list of P = {P} names (mu's last axis), got {base_names!r}")
+    if layer_names is None:
+        layer_names = [f"layer {i}" for i in range(n_layers)]
+    elif not isinstance(layer_names, (list, tuple)) or len(layer_names) != n_layers:
+        raise ValueError(f"layer_names must be a list of L = {n_layers} names (mu's middle axis), got {layer_names!r}")
+    check_nonnegative("atol", atol)
+    if not np.all(np.isfinite(m)) or m.min() < -atol or np.abs(m.sum(-1) - 1).max() > atol:
+        raise ValueError(f"mu must be finite, >= 0 and sum to 1 over its last axis (within atol={atol}); "
+                         f"the largest deviation of a sum from 1 is {np.nanmax(np.abs(m.sum(-1) - 1)):.3g}")
+    return x, m, base_names, [str(n) for n in layer_names]
+
+
 def mixing_areas(
     steps: Any,
     mu: Any,
@@ -119,25 +143,8 @@ def mixing_areas(
     """
     from plotly.subplots import make_subplots
 
-    x = np.asarray(_to_numpy(steps))
-    m = np.asarray(_to_numpy(mu), dtype=float)
-    if m.ndim != 3:
-        raise ValueError(f"mu must have shape (T, L, P), got {m.shape}")
-    T, n_layers, P = m.shape
-    if x.shape != (T,):
-        raise ValueError(f"steps must have shape (T,) = ({T},) to match mu, got {x.shape}")
-    base_names = [str(n) for n in base_names] if isinstance(base_names, (list, tuple)) else base_names
-    if not isinstance(base_names, list) or len(base_names) != P:
-        raise ValueError(f"base_names must be a list of P = {P} names (mu's last axis), got {base_names!r}")
-    if layer_names is None:
-        layer_names = [f"layer {i}" for i in range(n_layers)]
-    elif not isinstance(layer_names, (list, tuple)) or len(layer_names) != n_layers:
-        raise ValueError(f"layer_names must be a list of L = {n_layers} names (mu's middle axis), got {layer_names!r}")
-    layer_names = [str(n) for n in layer_names]
-    check_nonnegative("atol", atol)
-    if not np.all(np.isfinite(m)) or m.min() < -atol or np.abs(m.sum(-1) - 1).max() > atol:
-        raise ValueError(f"mu must be finite, >= 0 and sum to 1 over its last axis (within atol={atol}); "
-                         f"the largest deviation of a sum from 1 is {np.nanmax(np.abs(m.sum(-1) - 1)):.3g}")
+    x, m, base_names, layer_names = _check_mixing(steps, mu, base_names, layer_names, atol)
+    n_layers = m.shape[1]
     check_int("max_layers", max_layers, minimum=1)
     check_int("cols", cols, minimum=1)
     picked = _pick_layers(n_layers, layers, layer_names, max_layers)
