@@ -23,15 +23,18 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from .config import check_choice, check_int, check_seed
 from .files import to_jsonable
 
+if TYPE_CHECKING:  # pandas is imported where a table is built, not on import
+    import pandas as pd
+
 __all__ = ["bootstrap_interval", "mean_std_interval", "CensoredSummary", "censored_summary", "verdict",
-           "claim_row", "CLAIM_FIELDS", "save_claims", "collect_claims", "format_estimate", "speedup_by_seed", "steps_table", "findings"]
+           "claim_row", "CLAIM_FIELDS", "save_claims", "collect_claims", "format_estimate", "speedup_by_seed", "steps_table", "findings", "claims_frame"]
 
 #: The fields every row of ``claims.json`` has (issue 18), in table order.
 CLAIM_FIELDS = ("claim", "source", "paper", "ours_paper_protocol", "ours_strong", "seeds", "interval", "verdict",
@@ -236,4 +239,18 @@ def findings(rows: Sequence[dict], *, method: str, seeds_word: str = "seeds") ->
                      f"tuned on validation data, over {row['seeds']} {seeds_word}: **{row['verdict']}**."
                      + (f" {row['explanation']}." if row.get("explanation") else ""))
     return "\n".join(lines)
+
+
+def claims_frame(rows: Sequence[dict]) -> "pd.DataFrame":
+    """Claims rows (from :func:`collect_claims` or one notebook) as a table in :data:`CLAIM_FIELDS` order,
+    ``notebook`` first when present; the interval printed as ``[low, high]``."""
+    import pandas as pd
+
+    frame = pd.DataFrame(list(rows))
+    if frame.empty:
+        return frame
+    if "interval" in frame:
+        frame["interval"] = [v if not isinstance(v, list) else f"[{v[0]:.3g}, {v[1]:.3g}]" for v in frame["interval"]]
+    order = [c for c in ("notebook", *CLAIM_FIELDS) if c in frame.columns]
+    return frame[order + [c for c in frame.columns if c not in order]]
 

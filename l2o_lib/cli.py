@@ -95,6 +95,7 @@ def _cmd_run(args) -> int:
 
     from tqdm import tqdm
 
+    from .claims import claims_frame, collect_claims
     from .runner import REPO_ROOT, collect_summaries, run_notebooks
 
     try:
@@ -125,7 +126,11 @@ def _cmd_run(args) -> int:
         out = REPO_ROOT / "runs" / args.profile / "results.md"
         from .files import atomic_write_text
 
-        atomic_write_text(out, table.to_markdown(index=False) + "\n")
+        found = claims_frame(collect_claims(REPO_ROOT / "runs" / args.profile))
+        text = table.to_markdown(index=False) + "\n"
+        if not found.empty:  # the papers' claims next to ours, one table for every notebook that wrote one
+            text += "\n## Claims\n\n" + found.to_markdown(index=False) + "\n"
+        atomic_write_text(out, text)
         print(f"\nresults ({args.profile}):\n{table.to_string(index=False)}\n\nwritten to {out}")
     print(f"figures: {REPO_ROOT / 'figures'}")
     return 1 if failed else 0

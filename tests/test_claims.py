@@ -112,3 +112,11 @@ def test_findings_are_written_from_the_rows():
     assert "3.41x" in text and "**partly**" in text and "3 meta-training seeds" in text and "because" in text
     with pytest.raises(ValueError, match="rows"):
         claims.findings([], method="SL2O")
+
+
+def test_claims_frame_orders_columns_and_prints_intervals():
+    row = claims.claim_row(claim="c", source="s", paper="2x", ours_paper_protocol="1", ours_strong="1", seeds=3,
+                           interval=(1.0, 2.5), verdict="partly")
+    frame = claims.claims_frame([{"notebook": "05_l3rs", **row}])
+    assert list(frame.columns)[:2] == ["notebook", "claim"] and frame["interval"][0] == "[1, 2.5]"
+    assert claims.claims_frame([]).empty

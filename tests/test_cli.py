@@ -276,3 +276,23 @@ def test_a_corrupt_summary_of_another_notebook_is_a_warning_not_a_crash(tmp_path
     assert f"warning: UNREADABLE: {bad}" in err and "rerun the notebook: l2o run 03_sl2o --profile ci" in err
     table = (runs / "ci" / "results.md").read_text()
     assert "| 00_quickstart | ok" in table and "UNREADABLE" in table
+
+
+def test_results_md_collects_every_notebooks_claims(tmp_path, fake_runs):
+    import json
+
+    runs = tmp_path / "runs"
+    write_summary(runs, "00_quickstart", [{"method": "SGD", "metric": "acc", "value": 0.5}])
+    from l2o_lib.claims import claim_row
+
+    row = claim_row(claim="SL2O converges faster than Momentum†", source="Table 1", paper="3.41-6.68x",
+                    ours_paper_protocol="4.1", ours_strong="2.2", seeds=3, interval=(3.0, 5.0), verdict="reproduced")
+    (runs / "ci" / "03_sl2o" / "results").mkdir(parents=True)
+    (runs / "ci" / "03_sl2o" / "results" / "claims.json").write_text(json.dumps([row]))
+    fake_runs["00_quickstart"] = (True, None)
+    assert cli.main(["run", "00", "--profile", "ci"]) == 0
+    table = (runs / "ci" / "results.md").read_text()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table.split("## Claims")[1].strip().splitlines()]
+    assert cells[0][:4] == ["notebook", "claim", "source", "paper"]
+    assert cells[2][:4] == ["03_sl2o", "SL2O converges faster than Momentum†", "Table 1", "3.41-6.68x"]
+    assert "[3, 5]" in cells[2] and "reproduced" in cells[2]
