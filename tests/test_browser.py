@@ -141,7 +141,7 @@ return g && g.data ? JSON.stringify(g.data.map(t => ({{name: t.name, y: t.y}})))
 
 ERRORS_JS = """
 return Array.from(document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'))
-  .map(e => e.innerText).filter(t => t.includes('Traceback') || t.includes('Error')).join('\\n----\\n');
+  .map(e => e.textContent).filter(t => t.includes('Traceback')).join('\\n----\\n');
 """
 
 
@@ -155,7 +155,7 @@ def trace_y(trace: dict) -> list[float]:
 
 def readout(driver) -> str:
     found = driver.find_elements(By.CSS_SELECTOR, f".{READOUT_CLASS}")
-    return found[0].text.strip() if found else ""
+    return found[0].get_attribute("textContent").strip() if found else ""
 
 
 def wait_until(driver, seconds: float, what: str, predicate):
