@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+	L2O_HEADLESS=0 $(BIN)/jupyter lab notebooks
 
 bench: $(STAMP)
 	$(BIN)/l2o bench

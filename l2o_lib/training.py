@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .config import check_int, check_seeds, headless
+from .config import check_int, headless
 from .finite import LR_HINT, NonFiniteError, all_finite, check_finite_data, check_on_nonfinite, divergence_step
 from .functional import Batch, FlatModel
 from .optim.base import Transform
 
 __all__ = ["History", "check_loop_data", "run_loop", "train_flat", "train_module", "progress", "mean_curve",
-           "train_seeds", "mean_train_loss", "evaluate_splits", "stack_evals", "EVAL_KEYS"]
+           "mean_train_loss", "evaluate_splits", "stack_evals", "EVAL_KEYS"]
 
 
 class Sampler(Protocol):
@@ -293,22 +293,6 @@ def mean_curve(histories: list[History], field: str = "train_loss") -> dict[str,
     ys = np.stack([getattr(h, field) for h in histories])
     x = np.arange(1, ys.shape[1] + 1) if field == "train_loss" else histories[0].eval_steps
     return {"x": x, "y": ys.mean(0), "y_std": ys.std(0)}
-
-
-def train_seeds(model: FlatModel, transforms: Mapping[str, Callable[[], Transform]],
-                make_sampler: Callable[[int], Sampler], *, seeds: Sequence[int], steps: int, theta: Tensor,
-                **train_kwargs) -> dict[str, list[History]]:
-    """Train every optimizer of ``transforms`` (name → factory) once per seed, from ``theta``.
-
-    Seed ``s`` fixes the batch order (``make_sampler(s)``), the same for every optimizer, so the
-    runs differ only by their rule. Extra keyword arguments go to :func:`train_flat`.
-    """
-    if not transforms:
-        raise ValueError("transforms must name at least one optimizer")
-    check_seeds("seeds", seeds)
-    return {name: [train_flat(model, make(), make_sampler(seed), steps=steps, theta=theta, desc=f"{name} seed {seed}",
-                              **train_kwargs) for seed in seeds]
-            for name, make in transforms.items()}
 
 
 def mean_train_loss(history: History) -> float:

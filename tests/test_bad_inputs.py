@@ -157,12 +157,9 @@ _CASES = [
     ("run float seed", lambda e: runs.run(tasks.Task(e.model, e.data, batch_size=8), sgd(), steps=2, seeds=[0.5]),
      r"seeds.*integer"),
     ("Task eval split too narrow", lambda e: tasks.Task(e.model, e.data, val=e.narrow), r"val.*\(N, 40\)"),
-    ("train_seeds float seed", lambda e: training.train_seeds(e.model, {"sgd": sgd}, lambda s: e.sampler,
-                                                              seeds=[0.5], steps=2, theta=e.theta), r"seeds.*integer"),
-    ("train_seeds seeds not a sequence", lambda e: training.train_seeds(
-        e.model, {"sgd": sgd}, lambda s: e.sampler, seeds=3, steps=2, theta=e.theta), r"seeds.*sequence"),
-    ("train_seeds empty seeds", lambda e: training.train_seeds(e.model, {"sgd": sgd}, lambda s: e.sampler,
-                                                               seeds=[], steps=2, theta=e.theta), r"seeds"),
+    ("run seeds not a sequence", lambda e: runs.run(tasks.Task(e.model, e.data, batch_size=8), sgd(), steps=2, seeds=3),
+     r"seeds.*sequence"),
+    ("run empty seeds", lambda e: runs.run(tasks.Task(e.model, e.data, batch_size=8), sgd(), steps=2, seeds=[]), r"seeds"),
     # ------------------------------------------------------------------ data
     ("load_dataset unknown name", lambda e: load_dataset("mnist2d", root=e.root), r"dataset.*mnist1d"),
     ("load_dataset n_train 0", lambda e: load_dataset("mnist1d", root=e.root, n_train=0), r"n_train"),
