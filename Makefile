@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/l2o run --profile quick
+	$(BIN)/l2o run --profile quick --jobs 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +29,16 @@ __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "NotebookFailure", "NotebookResult", "fi
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = nbparams.NOTEBOOK_DIR  # REPO_ROOT / "notebooks"
+
+#: Which notebooks read what others saved (trained optimizers, tuned LRs, summaries). In a parallel run a
+#: notebook starts only after those of them that are in the same run have finished, so it reuses their
+#: results instead of training its own fallback copy side by side.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "06_landscapes": ("03_sl2o", "04_mlrsnet", "05_l3rs"),
+    "07_symbolic": ("03_sl2o", "04_mlrsnet", "05_l3rs"),
+    "08_benchmarks": ("00_quickstart", "01_subspaces", "02_pbfgs", "03_sl2o", "04_mlrsnet", "05_l3rs",
+                      "06_landscapes", "07_symbolic"),
+}
 
 
 @dataclass
@@ -147,9 +157,10 @@ def run_notebooks(paths: list[Path], *, profile: str, parameters: dict[str, Any]
                   jobs: int = 1, cwd: Path = REPO_ROOT, on_done=None) -> list[NotebookResult]:
     """Run several notebooks, ``jobs`` at a time (each in its own kernel process).
 
-    Notebooks that reuse what an earlier one saved still run correctly in parallel, because each
-    trains what it needs when the saved artefact is missing. ``on_done(result)`` is called as
-    each finishes (the CLI advances its progress bar there).
+    With ``jobs > 1`` a notebook starts once the notebooks it reads (:data:`NEEDS`) that are part of
+    this run have finished, and the kernels share the cores (``OMP_NUM_THREADS`` = cores / ``jobs``
+    unless set). ``on_done(result)`` is called as each finishes (the CLI advances its progress bar
+    there); the results come back in the order of ``paths``.
 
     Every notebook's ``parameters`` are checked (:func:`check_parameters`) before the first one
     starts, so a parameter one of them refuses, or does not declare, raises ``ValueError`` before any
@@ -158,21 +169,39 @@ def run_notebooks(paths: list[Path], *, profile: str, parameters: dict[str, Any]
     check_int("jobs", jobs)
     for p in paths:
         check_parameters(p, profile=profile, parameters=parameters)
-    results: list[NotebookResult] = []
     kwargs = dict(profile=profile, parameters=parameters, cwd=cwd)
     if jobs == 1:
+        results = []
         for p in paths:
             results.append(run_notebook(p, **kwargs))
             if on_done:
                 on_done(results[-1])
         return results
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_notebook, p, **kwargs) for p in paths]
-        for f in futures:
-            results.append(f.result())
-            if on_done:
-                on_done(results[-1])
-    return results
+    selected = {Path(p).stem for p in paths}
+    pending, finished, running = list(paths), {}, {}
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_share_cores, initargs=(jobs,)) as pool:
+        while pending or running:
+            for p in [p for p in pending if _ready(Path(p).stem, selected, finished)][:jobs - len(running)]:
+                pending.remove(p)
+                running[pool.submit(run_notebook, p, **kwargs)] = p
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                result = future.result()
+                finished[Path(running.pop(future)).stem] = result
+                if on_done:
+                    on_done(result)
+    return [finished[Path(p).stem] for p in paths]
+
+
+def _ready(stem: str, selected: set[str], finished: Mapping[str, NotebookResult]) -> bool:
+    """Whether every notebook ``stem`` needs (:data:`NEEDS`) that is part of this run has finished."""
+    return all(need in finished for need in NEEDS.get(stem, ()) if need in selected)
+
+
+def _share_cores(jobs: int) -> None:
+    """Worker start-up: the kernels of ``jobs`` notebooks side by side share the cores instead of each
+    taking all of them (inherited by each kernel; an explicit ``OMP_NUM_THREADS`` wins)."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
 
 
 def _as_of(mtime: float) -> str:

@@ -296,3 +296,31 @@ def test_results_md_collects_every_notebooks_claims(tmp_path, fake_runs):
     assert cells[0][:4] == ["notebook", "claim", "source", "paper"]
     assert cells[2][:4] == ["03_sl2o", "SL2O converges faster than Momentum†", "Table 1", "3.41-6.68x"]
     assert "[3, 5]" in cells[2] and "reproduced" in cells[2]
+
+
+def test_parallel_run_starts_a_notebook_after_those_it_reads(tmp_path, monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    events, lock = [], threading.Lock()
+
+    def fake_run_notebook(path, *, profile, parameters=None, cwd=None, **kwargs):
+        with lock:
+            events.append(("start", path.stem))
+        time.sleep({"03_sl2o": 0.3, "05_l3rs": 0.2}.get(path.stem, 0.05))
+        with lock:
+            events.append(("end", path.stem))
+        return NotebookResult(path.stem, tmp_path / path.name, 0.1, None)
+
+    monkeypatch.setattr(runner, "run_notebook", fake_run_notebook)
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", ThreadPoolExecutor)
+    names = ["00_quickstart", "03_sl2o", "05_l3rs", "07_symbolic", "08_benchmarks"]
+    paths = [NOTEBOOK_DIR / f"{n}.ipynb" for n in names]
+    done = []
+    results = runner.run_notebooks(paths, profile="ci", jobs=2, on_done=done.append)
+    assert [r.name for r in results] == names and sorted(r.name for r in done) == sorted(names)
+    at = {e: i for i, e in enumerate(events)}
+    assert at[("start", "07_symbolic")] > max(at[("end", "03_sl2o")], at[("end", "05_l3rs")])
+    assert at[("start", "08_benchmarks")] > at[("end", "07_symbolic")]
+    assert at[("start", "05_l3rs")] < at[("end", "03_sl2o")]      # independent ones do run side by side
