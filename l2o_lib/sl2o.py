@@ -11,7 +11,8 @@ Pieces, from the core outwards:
 * :func:`meta_train`: truncated-BPTT meta-training (Algorithm 1): tasks of ``steps_per_task``
   inner steps, a meta-step every ``unroll`` steps on the summed training losses, Adam on the
   rule's weights, first- or second-order meta-gradients, K tasks per meta-step, a divergence
-  guard, per-task checkpoints and the paper's selection of the best weights by test loss.
+  guard, per-task checkpoints and the selection of the best weights on a validation split (the paper
+  selects by test loss; selecting on the reported split would inflate it).
 
 Differences from the public reference code (see DESIGN.md): no hard stop after 10k steps, one
 LSTM cell definition, and the paper's convergence-step metric in :mod:`~l2o_lib.metrics`.
@@ -44,6 +45,7 @@ from .optim.base import Transform
 from .lora import LoRASpace, lora_dagger
 from .rnnprop import LSTMRule, RNNpropState, Rule, rnnprop
 from .subspace import Subspace, dagger
+from .tasks import Task
 from .training import progress
 
 # LSTMRule, RNNpropState and rnnprop live in l2o_lib.rnnprop; re-exported because notebooks import them from here.
@@ -100,7 +102,8 @@ class Problem:
             (:class:`~l2o_lib.lora.LoRASpace`, for transformers) or ``None`` (all parameters).
         theta0: starting parameters (default: the space's origin, else the module's weights);
             LoRA coordinates always start at the space's own initial ``(A, B)``.
-        test: ``(x, y)`` used to pick the best meta-training epoch.
+        val: ``(x, y)`` held out of the training data (:meth:`from_task` takes a task's validation
+            split), on which the best meta-training epoch is picked; never the test split.
     """
 
     model: FlatModel
@@ -108,7 +111,7 @@ class Problem:
     batch_size: int = 128
     space: Subspace | LoRASpace | None = None
     theta0: Tensor | None = None
-    test: tuple[Tensor, Tensor] | None = None
+    val: tuple[Tensor, Tensor] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, FlatModel):
@@ -118,13 +121,24 @@ class Problem:
         self.model.check_batch(self.train, name="train")
         if len(self.train[0]) == 0:
             raise ValueError("train must hold at least one example")
-        if self.test is not None:
-            self.model.check_batch(self.test, name="test")
+        if self.val is not None:
+            self.model.check_batch(self.val, name="val")
         if self.theta0 is None:
             self.theta0 = self.space.origin if self.space is not None else self.model.flatten()
         self.model.check_theta(self.theta0, name="theta0")
         if self.space is not None and self.space.ambient_dim != self.model.dim:
             raise ValueError(f"space lives in {self.space.ambient_dim} dimensions, the model has {self.model.dim}")
+
+    @classmethod
+    def from_task(cls, task, space: Subspace | LoRASpace | None = None) -> "Problem":
+        """The family of ``task`` (a :class:`~l2o_lib.tasks.Task`): its training split, batch size and
+        start, with its **validation** split picking the best meta-training epoch."""
+        if not isinstance(task, Task):
+            raise ValueError(f"task must be a tasks.Task, got {type(task).__name__}")
+        val = None if task.val is None else (task.val.x, task.val.y)
+        # a space starts at its own origin; without one the task's start is the start
+        theta0 = task.theta0 if space is None else None
+        return cls(task.model, (task.train.x, task.train.y), task.batch_size, space, theta0=theta0, val=val)
 
     @property
     def dim(self) -> int:
@@ -189,11 +203,11 @@ class Problem:
 
 @dataclass
 class MetaHistory:
-    """What :func:`meta_train` did: meta-loss per meta-step, test loss per epoch, guard events."""
+    """What :func:`meta_train` did: meta-loss per meta-step, validation loss per epoch, guard events."""
 
     meta_loss: list[float] = field(default_factory=list)
-    epoch_test_loss: list[float] = field(default_factory=list)
-    epoch_test_accuracy: list[float] = field(default_factory=list)
+    epoch_val_loss: list[float] = field(default_factory=list)
+    epoch_val_accuracy: list[float] = field(default_factory=list)
     best_epoch: int | None = None
     events: list[GuardEvent] = field(default_factory=list)
     seconds: float = 0.0
@@ -201,15 +215,18 @@ class MetaHistory:
 
     def as_dict(self) -> dict:
         """Plain types, for ``Run.save_result`` and checkpoints."""
-        return {"meta_loss": self.meta_loss, "epoch_test_loss": self.epoch_test_loss,
-                "epoch_test_accuracy": self.epoch_test_accuracy, "best_epoch": self.best_epoch,
+        return {"meta_loss": self.meta_loss, "epoch_val_loss": self.epoch_val_loss,
+                "epoch_val_accuracy": self.epoch_val_accuracy, "best_epoch": self.best_epoch,
                 "events": [vars(e) for e in self.events], "seconds": self.seconds, "inner_steps": self.inner_steps}
 
     @classmethod
     def from_dict(cls, d: dict) -> "MetaHistory":
         """Inverse of :meth:`as_dict`."""
         events = [GuardEvent(**e) for e in d.get("events", [])]
-        return cls(list(d["meta_loss"]), list(d["epoch_test_loss"]), list(d["epoch_test_accuracy"]),
+        # checkpoints written before the split was renamed say "test"
+        loss, acc = (d["epoch_val_loss"], d["epoch_val_accuracy"]) if "epoch_val_loss" in d else \
+            (d["epoch_test_loss"], d["epoch_test_accuracy"])
+        return cls(list(d["meta_loss"]), list(loss), list(acc),
                    d["best_epoch"], events, d["seconds"], d["inner_steps"])
 
 
@@ -258,9 +275,9 @@ def run_task(problem: Problem, transform: Transform, generator: torch.Generator,
     return z.detach()
 
 
-def _rank(test_loss: float) -> float:
-    """A test loss for choosing the best epoch: NaN / inf (a diverged task) ranks last."""
-    return test_loss if math.isfinite(test_loss) else math.inf
+def _rank(val_loss: float) -> float:
+    """A validation loss for choosing the best epoch: NaN / inf (a diverged task) ranks last."""
+    return val_loss if math.isfinite(val_loss) else math.inf
 
 
 def step_on_unroll(optimizer: torch.optim.Optimizer) -> Callable[[Tensor, Tensor | None], bool]:
@@ -315,8 +332,9 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
     Every epoch is one task: ``steps_per_task`` inner steps from ``problem.start()`` with a fresh
     batch order; every ``unroll`` steps, Adam (``meta_lr``) takes a step on the summed training
     losses of the unroll, and the unroll is truncated. After each epoch the final parameters are
-    scored on ``problem.test`` and the weights of the best epoch are kept (the paper selects the
-    optimizer by its test performance); at the end they are loaded into ``rule``.
+    scored on ``problem.val`` and the weights of the best epoch are kept (the paper selects the
+    optimizer by its test performance; we select on data held out of the training split); at the
+    end they are loaded into ``rule``.
 
     Args:
         rule: the network to train (modified in place).
@@ -368,7 +386,7 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
         z = run_task(problem, transform, generator, steps=steps_per_task, unroll=unroll, tasks=tasks_per_step,
                      first_order=first_order, on_unroll=on_unroll)
         history.inner_steps += steps_per_task * tasks_per_step
-        if problem.test is not None:
+        if problem.val is not None:
             if not last_ok:
                 # The last unroll was refused: the task restarted and z is its untrained start. Score
                 # what the epoch ended with, the rolled-back rule, on the epoch's task from the start.
@@ -402,18 +420,18 @@ def _check_meta_train_args(rule: LSTMRule, problem: Problem, *, epochs: int, ste
     if unroll > steps_per_task:
         raise ValueError(f"unroll={unroll} must be <= steps_per_task={steps_per_task}")
     check_finite_data("problem.train[0] (the training inputs)", problem.train[0])
-    if problem.test is not None:
-        check_finite_data("problem.test[0] (the test inputs)", problem.test[0])
+    if problem.val is not None:
+        check_finite_data("problem.val[0] (the validation inputs)", problem.val[0])
 
 
 def _score_epoch(rule: LSTMRule, problem: Problem, z: Tensor, epoch: int, history: MetaHistory,
                  best: dict | None) -> dict | None:
-    """Score an epoch's final coordinates ``z`` on ``problem.test`` into ``history``; return the
+    """Score an epoch's final coordinates ``z`` on ``problem.val`` into ``history``; return the
     best epoch so far (``{"loss", "epoch", "weights"}``), this one when it beats ``best``."""
-    scores = problem.model.evaluate(problem.lift(z), *problem.test)
+    scores = problem.model.evaluate(problem.lift(z), *problem.val)
     loss = float(scores["loss"])
-    history.epoch_test_loss.append(loss)
-    history.epoch_test_accuracy.append(float(scores["accuracy"]))
+    history.epoch_val_loss.append(loss)
+    history.epoch_val_accuracy.append(float(scores["accuracy"]))
     if best is None or _rank(loss) < _rank(best["loss"]):
         return {"loss": loss, "epoch": epoch, "weights": {k: v.clone() for k, v in rule.state_dict().items()}}
     return best

@@ -207,7 +207,7 @@ _CASES = [
     ("Problem float64 inputs", lambda e: e.problem(train=(e.x.double(), e.y)), r"train.*float32"),
     ("Problem inputs too narrow", lambda e: e.problem(train=(e.narrow.x, e.y)), r"train.*\(N, 40\)"),
     ("Problem float labels", lambda e: e.problem(train=(e.x, e.y.float())), r"train.*long"),
-    ("Problem test too narrow", lambda e: e.problem(test=(e.narrow.x, e.y)), r"test.*\(N, 40\)"),
+    ("Problem val too narrow", lambda e: e.problem(val=(e.narrow.x, e.y)), r"val.*\(N, 40\)"),
     ("Problem theta0 float64", lambda e: e.problem(theta0=e.theta.double()), r"theta.*float32"),
     ("Problem train not a pair", lambda e: e.problem(train=e.data), r"train"),
     ("sl2o meta_train float seed", lambda e: sl2o.meta_train(sl2o.LSTMRule(), e.problem(), epochs=1,
@@ -305,4 +305,4 @@ def test_good_inputs_still_pass_the_checks(env):
     assert grad.shape == env.theta.shape and torch.isfinite(loss)
     assert env.spy.calls == ["forward"]
     assert check_seed("seed", 3) == 3
-    sl2o.Problem(env.model, (env.x, env.y), 8, env.space, test=(env.x, env.y))
+    sl2o.Problem(env.model, (env.x, env.y), 8, env.space, val=(env.x, env.y))

@@ -188,7 +188,7 @@ def test_population_refuses_non_finite_data_before_work():
 def sl2o_problem(d=5):
     model, data = toy()
     space = random_subspace(model.dim, d, origin=model.flatten(), seed=0)
-    return Problem(model, (data.x, data.y), 32, space, test=(data.x, data.y))
+    return Problem(model, (data.x, data.y), 32, space, val=(data.x, data.y))
 
 
 def test_sl2o_inf_batch_in_the_last_unroll_is_rolled_back_and_recorded():
@@ -212,9 +212,9 @@ def test_sl2o_inf_batch_in_the_last_unroll_is_rolled_back_and_recorded():
     # by the untrained start its refused last unroll restarted from.
     z = run_task(problem, rnnprop(rule), torch.Generator().manual_seed(0), steps=20, unroll=20, tasks=1,
                  first_order=True, on_unroll=lambda value, objective: True)
-    ended = problem.model.evaluate(problem.lift(z[0]), *problem.test)["loss"]
-    start = problem.model.evaluate(problem.lift(problem.start()[0]), *problem.test)["loss"]
-    assert history.epoch_test_loss == [float(ended)] and float(ended) != float(start)
+    ended = problem.model.evaluate(problem.lift(z[0]), *problem.val)["loss"]
+    start = problem.model.evaluate(problem.lift(problem.start()[0]), *problem.val)["loss"]
+    assert history.epoch_val_loss == [float(ended)] and float(ended) != float(start)
 
 
 # ---------------------------------------------------------------------------------------- MLR-SNet

@@ -77,7 +77,7 @@ def _problem():
     data = load_dataset("logistic", n_train=256, n_test=64, dim=10, seed=0)
     model = FlatModel(build_model("mlp", data.input_shape, data.num_classes, hidden=(16,), seed=0))
     space = random_subspace(model.dim, 6, origin=model.flatten(), seed=0)
-    return Problem(model, (data.train.x, data.train.y), 32, space, test=(data.test.x, data.test.y))
+    return Problem(model, (data.train.x, data.train.y), 32, space, val=(data.test.x, data.test.y))
 
 
 def test_meta_training_with_the_fused_step_follows_the_module_path():

@@ -11,7 +11,7 @@ from l2o_lib.models import build_model
 from l2o_lib.optim import sgd
 from l2o_lib.results import Run
 from l2o_lib.rnnprop import LSTMRule, rnnprop
-from l2o_lib.sl2o import SL2O, Problem, meta_gradient, meta_train, sl2o
+from l2o_lib.sl2o import SL2O, MetaHistory, Problem, meta_gradient, meta_train, sl2o
 from l2o_lib.subspace import dagger, random_subspace
 from l2o_lib.training import train_flat, train_module
 
@@ -43,7 +43,7 @@ def problem(data, *, d=6, hidden=(16,), dtype=torch.float32, seed=0, test=True, 
     theta0 = model.flatten()
     space = random_subspace(model.dim, d, origin=theta0, seed=seed).to(dtype=dtype)
     train = (data.train.x.to(dtype), data.train.y)
-    return Problem(model, train, batch_size, space, test=(data.test.x.to(dtype), data.test.y) if test else None)
+    return Problem(model, train, batch_size, space, val=(data.test.x.to(dtype), data.test.y) if test else None)
 
 
 def test_reference_size_and_validation():
@@ -150,7 +150,7 @@ def test_meta_training_lowers_the_unrolled_loss(task):
     after = meta_gradient(rule, p, steps=30, seed=123)[0]
     assert after < 0.9 * before
     assert len(history.meta_loss) == 4 * 6 and history.best_epoch is not None
-    assert len(history.epoch_test_loss) == 4 and not history.events
+    assert len(history.epoch_val_loss) == 4 and not history.events
 
 
 def test_guard_rolls_back_an_injected_nan(task):
@@ -168,7 +168,7 @@ def test_guard_rolls_back_an_injected_nan(task):
     history = meta_train(rule, p, epochs=1, steps_per_task=40, unroll=10)
     assert len(history.events) == 1 and "non-finite" in history.events[0].reason
     assert all(torch.isfinite(v).all() for v in rule.state_dict().values())
-    assert all(torch.isfinite(torch.tensor(history.epoch_test_loss)))
+    assert all(torch.isfinite(torch.tensor(history.epoch_val_loss)))
 
 
 def test_guard_gives_up_with_a_clear_error(task):
@@ -191,7 +191,7 @@ def test_checkpoint_and_resume(task, tmp_path):
     assert run.checkpoint_steps == [1, 2]
     resumed = LSTMRule()
     history = meta_train(resumed, p, epochs=3, steps_per_task=20, unroll=10, run=Run("sl2o", root=tmp_path))
-    assert len(history.meta_loss) == 6 and len(history.epoch_test_loss) == 3
+    assert len(history.meta_loss) == 6 and len(history.epoch_val_loss) == 3
     straight = LSTMRule()
     meta_train(straight, p, epochs=3, steps_per_task=20, unroll=10)
     for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()):
@@ -209,7 +209,7 @@ def test_resume_keeps_the_guards_reference_loss(task, tmp_path):
     resumed = LSTMRule()
     history = meta_train(resumed, p, epochs=3, run=Run("ref", root=tmp_path, params={"x": 1}), **kwargs)
     assert len(whole.events) >= 2 and history.events == whole.events
-    assert history.meta_loss == whole.meta_loss and history.epoch_test_loss == whole.epoch_test_loss
+    assert history.meta_loss == whole.meta_loss and history.epoch_val_loss == whole.epoch_val_loss
     assert history.best_epoch == whole.best_epoch
     for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()):
         assert torch.equal(a, b)
@@ -221,7 +221,7 @@ def test_fewer_epochs_than_the_run_holds_is_refused(task, tmp_path):
     with pytest.raises(ValueError, match="epochs=2 is smaller than the 3 the run already holds"):
         meta_train(LSTMRule(), p, epochs=2, steps_per_task=10, unroll=10, run=Run("few", root=tmp_path))
     history = meta_train(LSTMRule(), p, epochs=3, steps_per_task=10, unroll=10, run=Run("few", root=tmp_path))
-    assert len(history.epoch_test_loss) == 3   # the finished run itself still loads
+    assert len(history.epoch_val_loss) == 3   # the finished run itself still loads
 
 
 def test_an_epoch_is_scored_by_the_rule_it_ended_with(task):
@@ -242,9 +242,9 @@ def test_an_epoch_is_scored_by_the_rule_it_ended_with(task):
     plain = LSTMRule(scale=0.3)
     plain.load_state_dict(rule.state_dict())
     ended = train_flat(p.model, sl2o(plain, p.space), _TaskBatches(p, seed=0), steps=20, theta=p.space.origin)
-    start = p.model.evaluate(p.space.origin, *p.test)["loss"]
-    expected = float(p.model.evaluate(ended.theta, *p.test)["loss"])
-    assert history.epoch_test_loss == [pytest.approx(expected, rel=1e-5)] and expected != pytest.approx(float(start))
+    start = p.model.evaluate(p.space.origin, *p.val)["loss"]
+    expected = float(p.model.evaluate(ended.theta, *p.val)["loss"])
+    assert history.epoch_val_loss == [pytest.approx(expected, rel=1e-5)] and expected != pytest.approx(float(start))
 
 
 class _TaskBatches:
@@ -331,3 +331,25 @@ def test_problem_loss_and_grad_equals_autograd_through_the_lift(task):
     torch.testing.assert_close(loss, want_loss.detach())
     torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-7)
     assert g.shape == (1, 6) and not g.requires_grad
+
+
+def test_problem_from_task_selects_on_the_validation_split_never_test(task):
+    from l2o_lib.tasks import make_task
+
+    net = build_model("mlp", task.input_shape, task.num_classes, hidden=(16,), seed=0)
+    t = make_task(task, FlatModel(net), n_val=64, seed=0, batch_size=32)
+    space = random_subspace(t.model.dim, 4, origin=t.model.flatten(), seed=0)
+    p = Problem.from_task(t, space)
+    assert torch.equal(p.val[0], t.val.x) and torch.equal(p.train[0], t.train.x) and p.batch_size == 32
+    assert len(p.train[0]) == 512 - 64
+    assert not hasattr(p, "test")
+    with pytest.raises(ValueError, match="task"):
+        Problem.from_task((t.train.x, t.train.y), space)
+
+
+def test_meta_history_reads_checkpoints_from_before_the_rename():
+    old = {"meta_loss": [1.0], "epoch_test_loss": [0.5], "epoch_test_accuracy": [0.9], "best_epoch": 0,
+           "events": [], "seconds": 1.0, "inner_steps": 10}
+    h = MetaHistory.from_dict(old)
+    assert h.epoch_val_loss == [0.5] and h.epoch_val_accuracy == [0.9]
+    assert MetaHistory.from_dict(h.as_dict()) == h
