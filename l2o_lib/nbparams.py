@@ -283,7 +283,9 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
         params=dict(seed=SEED, backend=registered("backend"), device=DEVICE, trained_from=text()),
         settings=dict(time_budget=LR, generations=COUNT_OR_NONE, restarts=COUNT, population=COUNT,
                       max_samples=COUNT, probe_runs=COUNT, probe_steps=COUNT, seeds=COUNT, l3rs_probe_tasks=COUNT,
-                      l3rs_eval_tasks=COUNT, threads=COUNT_OR_NONE)),
+                      l3rs_eval_tasks=COUNT, threads=COUNT_OR_NONE,
+                      operators=sequence(one_of("add", "sub", "mul", "div", "sqrt", "exp", "log", "tanh", "abs", "square"),
+                                         "operator names: add, sub, mul, div, sqrt, exp, log, tanh, abs, square"))),
     "08_benchmarks": NotebookSpec(params=dict(bench_dir=text())),
 }
 
