@@ -112,3 +112,13 @@ def test_findings_are_written_from_the_rows():
     assert "3.41x" in text and "**partly**" in text and "3 meta-training seeds" in text and "because" in text
     with pytest.raises(ValueError, match="rows"):
         claims.findings([], method="SL2O")
+
+
+def test_direction_verdict_asks_the_whole_interval_past_the_null():
+    assert claims.direction_verdict(2.0, (0.5, 3.0)) == "reproduced"
+    assert claims.direction_verdict(1.0, (-0.5, 2.0)) == "partly"          # the interval reaches the null
+    assert claims.direction_verdict(-1.0, (-2.0, 0.5)) == "not reproduced"
+    assert claims.direction_verdict(0.0, (0.0, 0.0)) == "not reproduced"   # no effect is not "more"
+    assert claims.direction_verdict(0.8, (0.7, 0.9), null=1.0, higher_is_better=False) == "reproduced"
+    assert claims.direction_verdict(1.2, (1.1, 1.3), null=1.0, higher_is_better=False) == "not reproduced"
+    assert claims.direction_verdict(float("nan"), (0.5, 1.0)) == "not reproduced"
