@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -61,7 +62,7 @@ def _check_task(model: FlatModel, task: FinetuneTask) -> None:
 
 def finetune(model: FlatModel, transform: Transform, task: FinetuneTask, *, steps: int, batch_size: int = 64,
              eval_every: int = 10, eval_on: str = "train", record: bool = False, desc: str | None = None,
-             on_nonfinite: str = "raise") -> History:
+             on_nonfinite: str = "raise", test_curve: bool = False) -> History:
     """One fine-tuning run of ``task`` with any transform (L3RS or a baseline), in eval mode.
 
     The loss is passed to transforms that take it (L3RS). Evaluated on the task's full
@@ -70,7 +71,9 @@ def finetune(model: FlatModel, transform: Transform, task: FinetuneTask, *, step
     ``record``, the per-step ``lam`` ``(T, L)`` and ``mu`` ``(T, L, P)`` of an L3RS state.
     The batch order depends on ``task.seed`` only, so every method sees the same batches.
     ``on_nonfinite`` as in :func:`~l2o_lib.training.train_flat`: a run ending with NaN / inf
-    weights raises, or with ``"record"`` is kept with ``extra["nonfinite_step"]``.
+    weights raises, or with ``"record"`` is kept with ``extra["nonfinite_step"]``. ``test_curve``
+    also evaluates the task's test split at the same steps (the paper's accuracy curve, Fig. 3):
+    ``extra["test_curve_loss"]`` and ``extra["test_curve_accuracy"]``, aligned with ``eval_steps``.
     """
     check_int("steps", steps)
     check_choice("eval_on", eval_on, ("train", "test"))
@@ -98,12 +101,16 @@ def finetune(model: FlatModel, transform: Transform, task: FinetuneTask, *, step
     try:
         hist = run_loop(model, step_fn, sampler, steps=steps, theta=task.theta0.detach().clone(), buffers={},
                         eval_data=(split.x, split.y), eval_every=eval_every, desc=desc,
-                        on_nonfinite=on_nonfinite, what="fine-tuning")
+                        on_nonfinite=on_nonfinite, what="fine-tuning",
+                        val_data=(task.test.x, task.test.y) if test_curve else None)
         final = model.evaluate(hist.theta, task.test.x, task.test.y)
     finally:
         model.module.train(was)
     hist.extra["test_loss"] = float(final["loss"])
     hist.extra["test_accuracy"] = float(final["accuracy"])
+    if test_curve:  # run_loop's second split is the task's test split here, not a validation split
+        hist.extra["test_curve_loss"], hist.extra["test_curve_accuracy"] = hist.val_loss, hist.val_accuracy
+        hist.val_loss, hist.val_accuracy = np.zeros(0), np.zeros(0)
     if record:
         hist.extra["lam"] = torch.stack(lams).cpu().numpy()
         hist.extra["mu"] = torch.stack(mus).cpu().numpy()

@@ -120,3 +120,13 @@ def test_claims_frame_orders_columns_and_prints_intervals():
     frame = claims.claims_frame([{"notebook": "05_l3rs", **row}])
     assert list(frame.columns)[:2] == ["notebook", "claim"] and frame["interval"][0] == "[1, 2.5]"
     assert claims.claims_frame([]).empty
+
+
+def test_direction_verdict_asks_the_whole_interval_past_the_null():
+    assert claims.direction_verdict(2.0, (0.5, 3.0)) == "reproduced"
+    assert claims.direction_verdict(1.0, (-0.5, 2.0)) == "partly"          # the interval reaches the null
+    assert claims.direction_verdict(-1.0, (-2.0, 0.5)) == "not reproduced"
+    assert claims.direction_verdict(0.0, (0.0, 0.0)) == "not reproduced"   # no effect is not "more"
+    assert claims.direction_verdict(0.8, (0.7, 0.9), null=1.0, higher_is_better=False) == "reproduced"
+    assert claims.direction_verdict(1.2, (1.1, 1.3), null=1.0, higher_is_better=False) == "not reproduced"
+    assert claims.direction_verdict(float("nan"), (0.5, 1.0)) == "not reproduced"

@@ -44,9 +44,10 @@ Choices where the paper is silent (each one is tested in ``tests/test_l3rs.py``)
   :class:`L3RS` takes it from the closure or ``step(loss=...)``). Without it the loss features
   stay 0.
 * Past ``step >= T`` the time features stay at their last value (``t/T`` clamped to 1).
-* Fitness for NES is minus the mean mini-batch training loss over the inner fine-tuning run:
-  it rewards fast descent and a low end, costs nothing extra, and non-finite runs rank last.
-  (The paper uses the loss on one evaluation batch after ``K`` steps.)
+* Fitness for NES, two definitions (:data:`FITNESSES`): ours, minus the mean mini-batch training
+  loss over the inner fine-tuning run (rewards fast descent and a low end, costs nothing extra),
+  and the paper's, minus the loss on an evaluation batch of the task's test split after ``K``
+  steps, ``K`` drawn per task (:func:`generation_tasks`). Non-finite runs rank last either way.
 * The inner loop runs the model in eval mode: BatchNorm statistics of the pretrained backbone
   stay frozen, so nothing is written in place under ``vmap`` (see DESIGN, performance).
 * ``phi`` holds one embedding row per layer, so a trained optimizer belongs to one layer layout
@@ -59,10 +60,13 @@ What is here (a package; every name below imports from ``l2o_lib.l3rs``):
                :class:`Trained` (saved and loaded as kind ``"l3rs"`` by :mod:`~l2o_lib.artifacts`)
 ``transform``  :func:`policy`, :func:`combine`, :func:`l3rs` (the pure transform), :class:`L3RS`
                (the ``torch.optim`` optimizer)
-``fitness``    :func:`population_losses`, :func:`population_fitness`: NES fitness as one vmapped
-               program
-``compare``    :func:`baseline_factories`, :func:`tune_baselines`, :func:`compare_methods`,
-               :func:`speedup_records`
+``fitness``    :func:`population_losses`, :func:`population_run`, :func:`population_fitness`: NES
+               fitness as one vmapped program, ours (mean training loss) or the paper's
+               (:data:`FITNESSES`; :func:`eval_batch`), the tasks and run lengths of a generation
+               (:func:`generation_tasks`, the paper's sampled K) and :func:`make_fitness` for NES
+``compare``    :func:`baseline_factories`, :data:`PAPER_LRS`, :func:`tune_baselines`,
+               :func:`best_baseline`, :func:`compare_methods`, :func:`speedup_records` (on training
+               loss or test accuracy), :func:`share_ends` (Adam share, first vs last tenth)
 =============  ===============================================================================
 
 Fine-tuning tasks (:class:`~l2o_lib.finetuning.TaskFamily`): a backbone is pretrained on source
@@ -74,14 +78,17 @@ head-only baselines' :func:`~l2o_lib.optim.masked.head_only` lives in :mod:`l2o_
 """
 
 from ..finetuning import TaskFamily, family_from_setup, pretrain_backbone
-from .compare import baseline_factories, compare_methods, speedup_records, tune_baselines
-from .fitness import population_fitness, population_losses, tuple_map
+from .compare import (PAPER_LRS, baseline_factories, best_baseline, compare_methods, share_ends, speedup_records,
+                      tune_baselines)
+from .fitness import (FITNESSES, eval_batch, generation_tasks, make_fitness, population_fitness, population_losses,
+                      population_run, tuple_map)
 from .phi import BASES, L3RSConfig, Trained, feature_names, features_dim, init_phi, unpack_phi
 from .transform import L3RS, L3RSState, combine, l3rs, policy
 
 __all__ = [
     "BASES", "feature_names", "L3RSConfig", "L3RSState", "init_phi", "unpack_phi", "policy", "combine", "l3rs", "L3RS",
-    "features_dim", "population_losses", "population_fitness", "tuple_map", "baseline_factories",
-    "tune_baselines", "compare_methods", "speedup_records", "Trained",
+    "features_dim", "population_losses", "population_run", "population_fitness", "FITNESSES", "eval_batch",
+    "generation_tasks", "make_fitness", "tuple_map", "baseline_factories", "PAPER_LRS", "tune_baselines",
+    "best_baseline", "compare_methods", "speedup_records", "share_ends", "Trained",
     "pretrain_backbone", "TaskFamily", "family_from_setup",
 ]
