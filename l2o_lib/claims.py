@@ -31,7 +31,8 @@ from .config import check_choice, check_int, check_seed
 from .files import to_jsonable
 
 __all__ = ["bootstrap_interval", "mean_std_interval", "CensoredSummary", "censored_summary", "verdict",
-           "claim_row", "CLAIM_FIELDS", "save_claims", "collect_claims", "format_estimate", "speedup_by_seed", "steps_table", "findings"]
+           "claim_row", "CLAIM_FIELDS", "save_claims", "collect_claims", "format_estimate", "speedup_by_seed", "steps_table",
+           "findings", "effect_verdict"]
 
 #: The fields every row of ``claims.json`` has (issue 18), in table order.
 CLAIM_FIELDS = ("claim", "source", "paper", "ours_paper_protocol", "ours_strong", "seeds", "interval", "verdict",
@@ -237,3 +238,19 @@ def findings(rows: Sequence[dict], *, method: str, seeds_word: str = "seeds") ->
                      + (f" {row['explanation']}." if row.get("explanation") else ""))
     return "\n".join(lines)
 
+
+
+def effect_verdict(ours: float, interval: Sequence[float], *, higher_is_better: bool = True) -> str:
+    """The verdict of a claim that an effect exists ("the network adds accuracy over its control"):
+    ``"reproduced"`` when the whole interval lies past 0 in the claimed direction, ``"partly"`` when
+    only the mean does, ``"not reproduced"`` otherwise (or for a missing / non-finite estimate)."""
+    low, high = (float(v) for v in interval)
+    if not all(math.isfinite(v) for v in (ours, low, high)):
+        return "not reproduced"
+    if low > high:
+        raise ValueError(f"interval must be [low, high] with low <= high, got {[low, high]}")
+    if (low > 0) if higher_is_better else (high < 0):
+        return "reproduced"
+    if (ours > 0) if higher_is_better else (ours < 0):
+        return "partly"
+    return "not reproduced"

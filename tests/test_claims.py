@@ -112,3 +112,13 @@ def test_findings_are_written_from_the_rows():
     assert "3.41x" in text and "**partly**" in text and "3 meta-training seeds" in text and "because" in text
     with pytest.raises(ValueError, match="rows"):
         claims.findings([], method="SL2O")
+
+
+def test_effect_verdict_needs_the_whole_interval_past_zero():
+    assert claims.effect_verdict(1.0, (0.2, 1.8)) == "reproduced"
+    assert claims.effect_verdict(0.5, (-0.3, 1.2)) == "partly"
+    assert claims.effect_verdict(-0.5, (-1.0, 0.1)) == "not reproduced"
+    assert claims.effect_verdict(-1.0, (-1.5, -0.5), higher_is_better=False) == "reproduced"
+    assert claims.effect_verdict(float("nan"), (0.1, 0.2)) == "not reproduced"
+    with pytest.raises(ValueError, match="interval"):
+        claims.effect_verdict(0.5, (1.0, 0.0))
