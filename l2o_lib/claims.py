@@ -34,8 +34,8 @@ if TYPE_CHECKING:  # pandas is imported where a table is built, not on import
     import pandas as pd
 
 __all__ = ["bootstrap_interval", "mean_std_interval", "CensoredSummary", "censored_summary", "verdict",
-           "direction_verdict", "claim_row", "CLAIM_FIELDS", "save_claims", "collect_claims", "format_estimate",
-           "speedup_by_seed", "steps_table", "findings", "claims_frame"]
+           "direction_verdict", "claim_row", "CLAIM_FIELDS", "save_claims", "collect_claims",
+           "format_estimate", "speedup_by_seed", "steps_table", "findings", "claims_frame"]
 
 #: The fields every row of ``claims.json`` has (issue 18), in table order.
 CLAIM_FIELDS = ("claim", "source", "paper", "ours_paper_protocol", "ours_strong", "seeds", "interval", "verdict",
@@ -256,7 +256,6 @@ def claims_frame(rows: Sequence[dict]) -> "pd.DataFrame":
     return frame[order + [c for c in frame.columns if c not in order]]
 
 
-
 def direction_verdict(ours: float, interval: Sequence[float], *, null: float = 0.0,
                       higher_is_better: bool = True) -> str:
     """The verdict of a claim of direction only ("more accurate than Adam", no number to reach):
@@ -265,6 +264,8 @@ def direction_verdict(ours: float, interval: Sequence[float], *, null: float = 0
     low, high = (float(v) for v in interval)
     if not all(math.isfinite(v) for v in (ours, low, high, null)):
         return "not reproduced"
+    if low > high:
+        raise ValueError(f"interval must be [low, high] with low <= high, got {[low, high]}")
     sign = 1.0 if higher_is_better else -1.0
     if min(sign * low, sign * high) > sign * null:
         return "reproduced"

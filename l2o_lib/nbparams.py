@@ -260,9 +260,10 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
                       transfer_seeds=COUNT, d=COUNT),
         cap=_cap_03),
     "04_mlrsnet": NotebookSpec(
-        params=dict(seed=SEED, device=DEVICE),
-        settings=dict(dataset=DATASET, model=MODEL, n_train=COUNT_OR_NONE, steps=COUNT, t_val=COUNT, n_val=COUNT,
-                      batch=COUNT, seeds=COUNT, sgd_lrs=_LR_GRID, adam_lrs=_LR_GRID, hd_hyper_lrs=_LR_GRID,
+        params=dict(seed=SEED, meta_seeds=COUNT_OR_NONE, protocol=one_of("paper", "strong", "both"), device=DEVICE),
+        settings=dict(dataset=DATASET, model=MODEL, n_train=COUNT_OR_NONE, steps=COUNT, t_val=COUNT, t_val_paper=COUNT,
+                      n_val=COUNT, batch=COUNT, seeds=COUNT, meta_seeds=COUNT, sgd_lrs=_LR_GRID, adam_lrs=_LR_GRID,
+                      hd_hyper_lrs=_LR_GRID, paper_lr=LR,
                       eval_every=COUNT, threads=COUNT_OR_NONE, augment=FLAG, resume=FLAG,
                       transfer=tuples(6, "(name, dataset, model, steps factor, corruption, re-tune) tuples",
                                       dataset_at=1, model_at=2))),

@@ -284,11 +284,15 @@ def _batch_draw(data: ArrayData, k: int, batch_size: int, seed: int, member_seed
     or one :class:`~l2o_lib.data.BatchSampler` per run (``member_seeds``), so that run ``i`` sees the
     batches of a single run with its seed."""
     if member_seeds is not None:
-        samplers = [BatchSampler(data, batch_size, seed=s, augment=augment) for s in member_seeds]
+        # One sampler per distinct seed: runs sharing a seed share its batches, drawn once and indexed.
+        unique = list(dict.fromkeys(member_seeds))
+        samplers = [BatchSampler(data, batch_size, seed=s, augment=augment) for s in unique]
+        rows = torch.tensor([unique.index(s) for s in member_seeds], device=data.x.device)
 
         def draw_each() -> tuple[Tensor, Tensor]:
             pairs = [sampler.sample() for sampler in samplers]
-            return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            return (x, y) if len(unique) == len(member_seeds) else (x[rows], y[rows])
 
         return draw_each
     generator = torch.Generator(device=data.x.device).manual_seed(seed)

@@ -130,3 +130,13 @@ def test_direction_verdict_asks_the_whole_interval_past_the_null():
     assert claims.direction_verdict(0.8, (0.7, 0.9), null=1.0, higher_is_better=False) == "reproduced"
     assert claims.direction_verdict(1.2, (1.1, 1.3), null=1.0, higher_is_better=False) == "not reproduced"
     assert claims.direction_verdict(float("nan"), (0.5, 1.0)) == "not reproduced"
+
+
+def test_effect_verdict_needs_the_whole_interval_past_zero():
+    assert claims.direction_verdict(1.0, (0.2, 1.8)) == "reproduced"
+    assert claims.direction_verdict(0.5, (-0.3, 1.2)) == "partly"
+    assert claims.direction_verdict(-0.5, (-1.0, 0.1)) == "not reproduced"
+    assert claims.direction_verdict(-1.0, (-1.5, -0.5), higher_is_better=False) == "reproduced"
+    assert claims.direction_verdict(float("nan"), (0.1, 0.2)) == "not reproduced"
+    with pytest.raises(ValueError, match="interval"):
+        claims.direction_verdict(0.5, (1.0, 0.0))

@@ -40,7 +40,12 @@ What is here (a package; every name below imports from ``l2o_lib.mlrsnet``):
 ``compare``        the comparison protocol: :func:`hand_schedule` (the paper's Eq. 4 scaled to a
                    run), :func:`baseline_configs` (each baseline over a small grid) and
                    :func:`compare_schedules` (all of them and the transferred schedule, over seeds,
-                   as one population, tuned on a validation split)
+                   as one population, tuned on a validation split; several learned schedules
+                   at once, each on the optimizer it was meta-trained for), :func:`paper_baseline_configs`
+                   (the paper's untuned plain-SGD baselines) and :func:`paired_gap`
+``control``        the piecewise-constant control (issue 18): :func:`piece_means` (a run's mean LR
+                   in each third), :func:`control_config` (those constants replayed as a hand
+                   schedule) and :func:`compare_controls` (the controls of several schedules on a task)
 =================  ===========================================================================
 
 The hypergradient-descent baseline lives in :mod:`l2o_lib.optim.hypergradient`, the input
@@ -49,14 +54,16 @@ here for notebook 04).
 
 Known differences from the public code, on purpose: one LSTM cell for meta-train and meta-test;
 γ guarded (see :func:`gamma_bound`) and kept from ``f0`` for the whole meta-test run (the public
-meta-test recomputes it from the current loss at each snapshot switch); the inner optimizer is SGD
-with momentum (the public default is momentum 0); the meta-gradient is taken without
-``create_graph`` through the training gradient (the terms it would add are zero). L4 and RTHO
-baselines are not implemented.
+meta-test recomputes it from the current loss at each snapshot switch); the inner optimizer defaults
+to SGD with momentum (the public default and the paper's protocol are momentum 0; notebook 04 runs
+both); the meta-gradient is taken without ``create_graph`` through the training gradient (the terms
+it would add are zero). L4 and RTHO baselines are not implemented.
 """
 
 from ..corruptions import corrupt
-from .compare import HAND_DESIGNED, Comparison, MethodConfig, baseline_configs, compare_schedules, hand_schedule
+from .compare import (HAND_DESIGNED, Comparison, MethodConfig, baseline_configs, compare_schedules, hand_schedule,
+                      paired_gap, paper_baseline_configs)
+from .control import compare_controls, control_config, piece_means, piecewise_schedule
 from ..tasks import split_validation
 from .meta_training import MetaTrainResult, lookahead_meta_loss, meta_train
 from .network import LRCarry, MLRSNet, gamma_bound, initial_loss, mlrsnet_lr, mlrsnet_lr_reference
@@ -67,4 +74,6 @@ __all__ = [
     "lookahead_meta_loss", "MetaTrainResult", "meta_train", "snapshot_steps", "snapshot_index",
     "TrainedSchedule", "MLRSNetScheduler", "mlrsnet_rule", "corrupt", "split_validation",
     "MethodConfig", "HAND_DESIGNED", "hand_schedule", "baseline_configs", "Comparison", "compare_schedules",
+    "paper_baseline_configs", "paired_gap", "piece_means", "piecewise_schedule", "control_config",
+    "compare_controls",
 ]

@@ -6,8 +6,8 @@ split (:class:`Comparison`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -23,7 +23,8 @@ from ..tune import best_setting, best_settings
 from .network import initial_loss
 from .schedule import TrainedSchedule, mlrsnet_rule
 
-__all__ = ["MethodConfig", "HAND_DESIGNED", "hand_schedule", "baseline_configs", "Comparison", "compare_schedules"]
+__all__ = ["MethodConfig", "HAND_DESIGNED", "hand_schedule", "baseline_configs", "paper_baseline_configs", "Comparison",
+           "compare_schedules", "paired_gap"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,29 @@ def baseline_configs(*, sgd_lrs: Sequence[float] = (0.03, 0.1, 0.3), adam_lrs: S
     return configs
 
 
+def paper_baseline_configs(*, lr: float = 0.1, adam_lr: float = 1e-3, hd_hyper_lrs: Sequence[float] = (1e-5, 1e-4, 1e-3),
+                           weight_decay: float = 5e-4) -> list[MethodConfig]:
+    """The baselines of the paper's meta-training comparison (Sec. 4.1.1, Table 1), untuned: **plain**
+    SGD from the paper's initial LR ``lr`` (0.1) under each hand-designed schedule (``"SGD+Fixed"``, ...),
+    Adam at its default ``adam_lr`` (``"Adam (default)"``) and hypergradient descent on plain SGD from
+    ``lr`` over the hyper-LRs ``hd_hyper_lrs`` (``"SGD+HD"``; the paper reports the best of
+    ``{1e-3, ..., 1e-7}``). Named apart from :func:`baseline_configs`' tuned momentum-SGD methods so that
+    both can train in one population."""
+    configs = baseline_configs(sgd_lrs=(lr,), adam_lrs=(adam_lr,), hd_lr=lr, hd_hyper_lrs=hd_hyper_lrs, momentum=0.0,
+                               weight_decay=weight_decay)
+    names = {**{m: f"SGD+{m}" for m in HAND_DESIGNED}, "Adam": "Adam (default)", "HD": "SGD+HD"}
+    return [replace(c, method=names[c.method]) for c in configs]
+
+
+def paired_gap(ours: Mapping[Any, float], baseline: Mapping[Any, float]) -> float:
+    """``100 · mean_s (ours[s] − baseline[s])`` in points over the seeds both hold (paired: seed ``s``
+    fixes the initialisation of both runs, see :func:`compare_schedules`)."""
+    common = [s for s in ours if s in baseline]
+    if not common:
+        raise ValueError(f"ours and baseline share no seed (ours: {list(ours)}, baseline: {list(baseline)})")
+    return 100.0 * sum(ours[s] - baseline[s] for s in common) / len(common)
+
+
 @dataclass
 class Comparison:
     """What :func:`compare_schedules` returns.
@@ -137,12 +161,28 @@ class Comparison:
         lr_curves: ``{(method, setting): (steps,) mean LR over seeds}``.
         accuracy_curves: ``{(method, setting): (eval_steps, mean accuracy)}``.
         history: the whole :class:`~l2o_lib.population.PopulationHistory`.
+        rows: ``{(method, setting): slice}``, the runs of each entry in ``history`` (one per seed).
     """
 
     records: list[dict]
     lr_curves: dict
     accuracy_curves: dict
     history: Any
+    rows: dict = field(default_factory=dict)
+
+    def by_seed(self, method: str, setting: str, metric: str = "accuracy") -> dict[int, float]:
+        """``{seed: metric}`` of one entry (final test ``accuracy`` by default)."""
+        found = {r["seed"]: r[metric] for r in self.records if r["method"] == method and r["setting"] == setting}
+        if not found:
+            raise ValueError(f"no runs of ({method!r}, {setting!r}); entries: "
+                             f"{sorted({(r['method'], r['setting']) for r in self.records})}")
+        return found
+
+    def lrs(self, method: str, setting: str):
+        """``(seeds, steps)`` LRs of every run of one entry (the order of ``seeds``)."""
+        if (method, setting) not in self.rows:
+            raise ValueError(f"no runs of ({method!r}, {setting!r}) in this comparison's history")
+        return self.history.lr[self.rows[method, setting]]
 
     def _validated(self, methods: Sequence[str] | None) -> list[dict]:
         """The records of ``methods`` (all by default), refused when any lacks a validation score."""
@@ -172,22 +212,55 @@ class Comparison:
         return [r for r in self.records if best.get(r["method"]) == r["setting"]]
 
 
+def _learned_entries(schedule: TrainedSchedule | None, schedules: Mapping | None,
+                     configs: Sequence[MethodConfig]) -> dict[tuple[str, str], TrainedSchedule]:
+    """``{(method, setting): schedule}`` of :func:`compare_schedules`' learned schedules, checked
+    (each a :class:`TrainedSchedule`, no key repeated among them or the configs)."""
+    if schedule is not None and not isinstance(schedule, TrainedSchedule):
+        raise ValueError(f"schedule must be a TrainedSchedule or None, got {type(schedule).__name__}")
+    if schedules is not None and not isinstance(schedules, Mapping):
+        raise ValueError(f"schedules must map (method, setting) to TrainedSchedule, got {type(schedules).__name__}")
+    learned = {} if schedule is None else {("MLR-SNet", "transferred"): schedule}
+    taken = {(c.method, c.setting) for c in configs} | set(learned)
+    for key, sched in (schedules or {}).items():
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
+            raise ValueError(f"schedules keys must be (method, setting) string pairs, got {key!r}")
+        if not isinstance(sched, TrainedSchedule):
+            raise ValueError(f"schedules[{key!r}] must be a TrainedSchedule, got {type(sched).__name__}")
+        if key in taken:
+            raise ValueError(f"schedules key {key!r} repeats a config or the transferred schedule")
+        taken.add(key)
+        learned[key] = sched
+    return learned
+
+
 def compare_schedules(model_name: str, data: Dataset, configs: Sequence[MethodConfig], *, seeds: Sequence[int],
                       steps: int, schedule: TrainedSchedule | None = None, batch_size: int = 128,
                       eval_every: int = 100, momentum: float = 0.9, weight_decay: float = 5e-4,
                       model_kwargs: dict | None = None, vectorize: bool | None = None,
                       augment: Callable | None = None, batch_seed: int = 0, desc: str | None = None,
-                      n_val: int = 0) -> Comparison:
-    """Train every ``config`` (and the transferred ``schedule``, as ``"MLR-SNet"``) once per seed
-    on ``data`` with the architecture ``model_name``, all as one population (see
+                      n_val: int = 0, schedules: Mapping[tuple[str, str], TrainedSchedule] | None = None,
+                      paired_batches: bool = False) -> Comparison:
+    """Train every ``config`` (and the transferred ``schedule``, as ``("MLR-SNet", "transferred")``,
+    and each of ``schedules``, keyed ``(method, setting)``) once per seed on ``data`` with the
+    architecture ``model_name``, all as one population (see
     :func:`~l2o_lib.population.train_population`). Seed ``s`` fixes the initialisation
     (``build_model(..., seed=s)``), shared by every method, so methods differ only in their LRs
     and mini-batch draws.
 
+    A learned schedule drives the inner optimizer it was meta-trained for: the ``momentum`` and
+    ``weight_decay`` of its ``info`` (:func:`~l2o_lib.mlrsnet.meta_train` records them; plain SGD
+    for a schedule meta-trained with ``momentum=0``), else the arguments ``momentum`` / ``weight_decay``.
+
     ``n_val`` training examples are held out (:func:`split_validation`, seeded by ``batch_seed``)
     and every run is evaluated on them at the end: :meth:`Comparison.best` tunes on those, never
     on the test split, which is only reported. ``n_val=0`` trains on the whole training split and
-    leaves nothing to tune on (for runs whose settings were chosen elsewhere)."""
+    leaves nothing to tune on (for runs whose settings were chosen elsewhere).
+
+    ``paired_batches=True``: the run of seed ``seeds[i]`` draws the mini-batches of
+    ``BatchSampler(seed=batch_seed + i)`` whatever its method, in this call and in any other with the
+    same ``batch_seed`` (a second comparison, e.g. a control, then sees the same batches); by default
+    every run draws its own batches from one generator seeded by ``batch_seed``."""
     from ..models import build_model
     from ..population import mixed_rule, train_population
 
@@ -196,13 +269,12 @@ def compare_schedules(model_name: str, data: Dataset, configs: Sequence[MethodCo
     seeds = check_seeds("seeds", seeds)
     check_seed("batch_seed", batch_seed)
     configs = list(configs)
-    if not configs and schedule is None:
-        raise ValueError("nothing to compare: configs is empty and schedule is None")
+    if not configs and schedule is None and not schedules:
+        raise ValueError("nothing to compare: configs is empty and schedule / schedules are None")
     for c in configs:
         if not isinstance(c, MethodConfig):
             raise ValueError(f"configs must hold MethodConfig, got {type(c).__name__}")
-    if schedule is not None and not isinstance(schedule, TrainedSchedule):
-        raise ValueError(f"schedule must be a TrainedSchedule or None, got {type(schedule).__name__}")
+    learned = _learned_entries(schedule, schedules, configs)
     check_int("steps", steps)
     check_int("n_val", n_val, minimum=0)
     train, val = split_validation(data.train, n_val, seed=batch_seed) if n_val else (data.train, None)
@@ -214,21 +286,24 @@ def compare_schedules(model_name: str, data: Dataset, configs: Sequence[MethodCo
     n = len(seeds)
     entries = [(c.method, c.setting) for c in configs]
     parts = [(n, c.make(n, steps, device)) for c in configs]
-    if schedule is not None:
+    if learned:
         f0 = torch.stack([initial_loss(model, base[i], train) for i in range(n)])
-        parts.append((n, mlrsnet_rule(schedule, total_steps=steps, num_classes=data.num_classes, f0=f0,
-                                      momentum=momentum, weight_decay=weight_decay)))
-        entries.append(("MLR-SNet", "transferred"))
+    for key, sched in learned.items():
+        parts.append((n, mlrsnet_rule(sched, total_steps=steps, num_classes=data.num_classes, f0=f0,
+                                      momentum=float(sched.info.get("momentum", momentum)),
+                                      weight_decay=float(sched.info.get("weight_decay", weight_decay)))))
+        entries.append(key)
     thetas = base.repeat(len(parts), 1)
     hist = train_population(model, train, mixed_rule(parts), thetas=thetas, steps=steps, batch_size=batch_size,
                             seed=batch_seed, eval_data=(data.test.x, data.test.y), eval_every=eval_every,
-                            vectorize=vectorize, augment=augment, desc=desc, on_nonfinite="record")
+                            vectorize=vectorize, augment=augment, desc=desc, on_nonfinite="record",
+                            member_seeds=[batch_seed + i for i in range(n)] * len(parts) if paired_batches else None)
     validation = None if val is None else {  # the final members, each with its own BatchNorm state
         key: v.cpu().numpy() for key, v in evaluate_members(model, hist.thetas, val.x, val.y,
                                                             hist.extra["buffers"]).items()}
-    records, lr_curves, acc_curves = [], {}, {}
+    records, lr_curves, acc_curves, members = [], {}, {}, {}
     for j, (method, setting) in enumerate(entries):
-        rows = slice(j * n, (j + 1) * n)
+        rows = members[method, setting] = slice(j * n, (j + 1) * n)
         for i, s in enumerate(seeds):
             k = j * n + i
             records.append({"method": method, "setting": setting, "seed": s,
@@ -238,5 +313,5 @@ def compare_schedules(model_name: str, data: Dataset, configs: Sequence[MethodCo
                             "diverged_at": hist.extra["nonfinite_step"][k]})
         lr_curves[(method, setting)] = hist.lr[rows].mean(0)
         acc_curves[(method, setting)] = (hist.eval_steps, hist.test_accuracy[rows].mean(0))
-    return Comparison(records, lr_curves, acc_curves, hist)
+    return Comparison(records, lr_curves, acc_curves, hist, members)
 
