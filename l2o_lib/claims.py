@@ -237,3 +237,19 @@ def findings(rows: Sequence[dict], *, method: str, seeds_word: str = "seeds") ->
                      + (f" {row['explanation']}." if row.get("explanation") else ""))
     return "\n".join(lines)
 
+
+
+__all__ += ["time_to_target"]
+
+
+def time_to_target(times: Sequence[float], curve: Sequence[float], target: float) -> float | None:
+    """Wall time at the first evaluation where ``curve`` (e.g. test accuracy) reaches ``target`` (``>=``);
+    ``times[i]`` is the run's clock at evaluation ``i``. ``None`` when it never does (a censored run: count it
+    with :func:`censored_summary`, never drop it)."""
+    times, curve = np.asarray(times, dtype=np.float64), np.asarray(curve, dtype=np.float64)
+    if times.ndim != 1 or times.shape != curve.shape or times.size == 0:
+        raise ValueError(f"times and curve must be 1-d of one non-zero length, got shapes {times.shape} and {curve.shape}")
+    if not math.isfinite(float(target)):
+        raise ValueError(f"target must be a finite number, got {target!r}")
+    hit = np.flatnonzero(curve >= target)  # NaN compares False: a diverged evaluation never counts
+    return None if hit.size == 0 else float(times[hit[0]])

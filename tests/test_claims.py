@@ -112,3 +112,14 @@ def test_findings_are_written_from_the_rows():
     assert "3.41x" in text and "**partly**" in text and "3 meta-training seeds" in text and "because" in text
     with pytest.raises(ValueError, match="rows"):
         claims.findings([], method="SL2O")
+
+
+def test_time_to_target_reads_the_clock_at_the_first_evaluation_reaching_it():
+    times, curve = [0.0, 1.5, 3.0, 4.5], [0.1, 0.8, float("nan"), 0.95]
+    assert claims.time_to_target(times, curve, 0.8) == 1.5          # reached exactly: counts
+    assert claims.time_to_target(times, curve, 0.9) == 4.5          # NaN at 3.0 does not count
+    assert claims.time_to_target(times, curve, 0.99) is None        # never: censored, reported as None
+    with pytest.raises(ValueError, match="times and curve"):
+        claims.time_to_target([0.0, 1.0], [0.5], 0.4)
+    with pytest.raises(ValueError, match="target"):
+        claims.time_to_target([0.0], [0.5], float("nan"))
