@@ -58,6 +58,7 @@ method as a ``torch.optim.Optimizer`` driven by a closure, like ``torch.optim.LB
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, NamedTuple
 
 import torch
@@ -159,22 +160,13 @@ def _check_update_args(grad: Tensor, theta: Tensor, step: int, loss_fn, loss_man
         raise ValueError(f"loss_many must be callable or None, got {loss_many!r}")
 
 
-class _Search(NamedTuple):
-    """The line-search constants of one :func:`pbfgs` (validated there)."""
-
-    c: float
-    beta: float
-    max_backtracks: int
-    candidates: int
-
-
-def _line_search(cfg: _Search, theta: Tensor, direction: Tensor, slope: float, loss0: float, loss_fn: LossFn,
-                 loss_many: LossManyFn | None) -> tuple[float, int]:
+def _line_search(theta: Tensor, direction: Tensor, slope: float, loss0: float, loss_fn: LossFn,
+                 loss_many: LossManyFn | None, *, c: float, beta: float, max_backtracks: int,
+                 candidates: int) -> tuple[float, int]:
     """First ``β^j`` satisfying Armijo and the number of evaluations; ``0.0`` if none does."""
-    c, beta = cfg.c, cfg.beta
     evals, j = 0, 0
-    if cfg.candidates > 1 and loss_many is not None:
-        k = min(cfg.candidates, cfg.max_backtracks)
+    if candidates > 1 and loss_many is not None:
+        k = min(candidates, max_backtracks)
         alphas = [beta ** i for i in range(k)]
         scale = torch.tensor(alphas, dtype=theta.dtype, device=theta.device)
         trials = theta + scale[:, None] * direction
@@ -184,7 +176,7 @@ def _line_search(cfg: _Search, theta: Tensor, direction: Tensor, slope: float, l
             if value <= loss0 + c * a * slope:  # NaN compares False: backtrack
                 return a, evals
         j = k
-    for i in range(j, cfg.max_backtracks):
+    for i in range(j, max_backtracks):
         a = beta ** i
         # The same expression as the returned delta, so the accepted point is what was tested.
         value = float(loss_fn(theta + a * direction))
@@ -254,8 +246,9 @@ def pbfgs(subspace: Subspace, *, c: float = 0.4, beta: float = 0.55, max_backtra
     """
     if not isinstance(subspace, Subspace):
         raise ValueError(f"subspace must be a Subspace, got {type(subspace).__name__}")
-    search = _Search(_check_open_unit("c", c), _check_open_unit("beta", beta),
-                     check_int("max_backtracks", max_backtracks), check_int("candidates", candidates))
+    search = partial(_line_search, c=_check_open_unit("c", c), beta=_check_open_unit("beta", beta),
+                     max_backtracks=check_int("max_backtracks", max_backtracks),
+                     candidates=check_int("candidates", candidates))
     min_curvature = float(check_nonnegative("min_curvature", min_curvature))
     gamma = float(check_probability("gamma", gamma))
     alpha = float(check_nonnegative("alpha", alpha))
@@ -286,7 +279,7 @@ def pbfgs(subspace: Subspace, *, c: float = 0.4, beta: float = 0.55, max_backtra
                 if loss0 is None:
                     loss0, evals = loss_fn(theta), 1
                 direction = p.to(theta.dtype) @ basis
-                step_size, n = _line_search(search, theta, direction, slope, float(loss0), loss_fn, loss_many)
+                step_size, n = search(theta, direction, slope, float(loss0), loss_fn, loss_many)
                 evals += n
             delta, buf = step_size * direction, state.buf
             if plus:
