@@ -242,14 +242,15 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
         params=dict(dataset=DATASET, model_name=MODEL, steps=COUNT_OR_NONE, seeds=COUNT_OR_NONE, batch_size=COUNT,
                     lrs=lr_dict(("SGD", "Momentum", "Adam")), device=DEVICE)),
     "01_subspaces": NotebookSpec(
-        params=dict(seed=SEED, sub_lr=LR, device=DEVICE),
+        params=dict(seed=SEED, seeds=COUNT_OR_NONE, sub_lr=LR, device=DEVICE),
         settings=dict(dataset=DATASET, model=MODEL, n_train=COUNT_OR_NONE, sgd_lr=LR, sgd_steps=COUNT, every=COUNT,
-                      dims=_COUNTS, sub_steps=COUNT, counts=sequence(integer(2), "integers >= 2"))),
+                      dims=_COUNTS, sub_steps=COUNT, counts=sequence(integer(2), "integers >= 2"), seeds=COUNT)),
     "02_pbfgs": NotebookSpec(
-        params=dict(seed=SEED, d=COUNT_OR_NONE, device=DEVICE),
+        params=dict(seed=SEED, seeds=COUNT_OR_NONE, protocol=one_of("paper", "strong", "both"), d=COUNT_OR_NONE,
+                    device=DEVICE),
         settings=dict(dataset=DATASET, model=MODEL, n_train=COUNT_OR_NONE, epochs=COUNT, decay_epoch=COUNT,
                       sample_epochs=COUNT, per_epoch=COUNT, pbfgs_epochs=COUNT, pbfgs_batch=COUNT, augment=FLAG,
-                      d=COUNT),
+                      d=COUNT, seeds=COUNT, n_val=COUNT, tune_epochs=COUNT, sgd_grid=_LR_GRID, adam_grid=_LR_GRID),
         cap=_cap_02),
     "03_sl2o": NotebookSpec(
         params=dict(seed=SEED, d=COUNT_OR_NONE, meta_seeds=COUNT_OR_NONE,

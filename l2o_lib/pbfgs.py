@@ -58,6 +58,7 @@ method as a ``torch.optim.Optimizer`` driven by a closure, like ``torch.optim.LB
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, NamedTuple
 
 import torch
@@ -68,6 +69,7 @@ from .config import check_int, check_nonnegative, check_probability
 from .functional import Batch, FlatModel
 from .subspace import Subspace
 from .finite import check_on_nonfinite
+from .optim.kernels import heavy_ball
 from .training import History, Sampler, run_loop
 
 __all__ = ["PBFGSState", "LineSearchTransform", "pbfgs", "bfgs_update", "line_search_step",
@@ -136,6 +138,83 @@ def bfgs_update(B: Tensor, s: Tensor, y: Tensor) -> Tensor:
     return 0.5 * (new + new.mT)
 
 
+def _check_vector(name: str, v: Tensor, basis: Tensor) -> None:
+    # theta and grad must live in the subspace's ambient space, with its dtype and device.
+    D = basis.shape[1]
+    if not isinstance(v, Tensor) or v.shape != (D,):
+        shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+        raise ValueError(f"{name} must have shape ({D},) for this subspace, got {shape}")
+    if v.dtype != basis.dtype or v.device != basis.device:
+        raise ValueError(f"{name} is {v.dtype} on {v.device} but the subspace basis is {basis.dtype} "
+                         f"on {basis.device}; use subspace.to(device, dtype)")
+
+
+def _check_update_args(grad: Tensor, theta: Tensor, step: int, loss_fn, loss_many, basis: Tensor) -> None:
+    # Everything update() is given, checked before any work.
+    _check_vector("grad", grad, basis)
+    _check_vector("theta", theta, basis)
+    check_int("step", step, minimum=0)
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable, got {loss_fn!r}")
+    if loss_many is not None and not callable(loss_many):
+        raise ValueError(f"loss_many must be callable or None, got {loss_many!r}")
+
+
+def _line_search(theta: Tensor, direction: Tensor, slope: float, loss0: float, loss_fn: LossFn,
+                 loss_many: LossManyFn | None, *, c: float, beta: float, max_backtracks: int,
+                 candidates: int) -> tuple[float, int]:
+    """First ``β^j`` satisfying Armijo and the number of evaluations; ``0.0`` if none does."""
+    evals, j = 0, 0
+    if candidates > 1 and loss_many is not None:
+        k = min(candidates, max_backtracks)
+        alphas = [beta ** i for i in range(k)]
+        scale = torch.tensor(alphas, dtype=theta.dtype, device=theta.device)
+        trials = theta + scale[:, None] * direction
+        losses = loss_many(trials).tolist()  # one host sync for K trials
+        evals += k
+        for a, value in zip(alphas, losses):
+            if value <= loss0 + c * a * slope:  # NaN compares False: backtrack
+                return a, evals
+        j = k
+    for i in range(j, max_backtracks):
+        a = beta ** i
+        # The same expression as the returned delta, so the accepted point is what was tested.
+        value = float(loss_fn(theta + a * direction))
+        evals += 1
+        if value <= loss0 + c * a * slope:
+            return a, evals
+    return 0.0, evals
+
+
+def _curvature_update(B: Tensor, gz: Tensor, prev_gz: Tensor, prev_s: Tensor, step: int,
+                      min_curvature: float) -> tuple[Tensor, bool]:
+    """``(B, skipped)``: the BFGS update with the pair ``(s̃_{k-1}, g̃_k - g̃_{k-1})`` when it passes the
+    scale-aware curvature test (module docstring); the first step has no pair and keeps ``B``."""
+    if step == 0:
+        return B, False
+    y, s = gz - prev_gz, prev_s
+    bound = min_curvature * torch.linalg.vector_norm(y) * torch.linalg.vector_norm(s)
+    # One host sync: the branch decides whether B changes. s = 0 (first step after a failed
+    # search) or y = 0 give 0 > 0, a skip.
+    if bool(torch.dot(y, s) > bound):
+        return bfgs_update(B, s, y), False
+    return B, True
+
+
+def _descent_direction(B: Tensor, gz: Tensor) -> tuple[Tensor, Tensor, float, bool, bool]:
+    """``(B, p, slope, flat, reset)``: ``p = -B g̃`` with ``slope = g̃ᵀp``; ``flat`` when ``g̃ = 0``;
+    ``B`` reset to ``I`` (``reset``) when ``p`` is not a descent direction."""
+    p = -(B @ gz)
+    slope, gg = torch.stack([torch.dot(gz, p), torch.dot(gz, gz)]).tolist()  # one host sync
+    flat = gg == 0  # g̃ = 0: nothing to gain in the subspace
+    if not flat and not slope < 0:
+        # Not a descent direction (B lost definiteness to rounding, or NaN): restart from
+        # steepest descent, B = I, rather than search uphill.
+        eye = torch.eye(B.shape[0], dtype=B.dtype, device=B.device)
+        return eye, -gz, -gg, flat, True
+    return B, p, slope, flat, False
+
+
 def pbfgs(subspace: Subspace, *, c: float = 0.4, beta: float = 0.55, max_backtracks: int = 30,
           min_curvature: float = 1e-10, plus: bool = False, gamma: float = 0.9, alpha: float = 0.01,
           candidates: int = 1) -> LineSearchTransform:
@@ -167,111 +246,49 @@ def pbfgs(subspace: Subspace, *, c: float = 0.4, beta: float = 0.55, max_backtra
     """
     if not isinstance(subspace, Subspace):
         raise ValueError(f"subspace must be a Subspace, got {type(subspace).__name__}")
-    c = _check_open_unit("c", c)
-    beta = _check_open_unit("beta", beta)
-    check_int("max_backtracks", max_backtracks)
+    search = partial(_line_search, c=_check_open_unit("c", c), beta=_check_open_unit("beta", beta),
+                     max_backtracks=check_int("max_backtracks", max_backtracks),
+                     candidates=check_int("candidates", candidates))
     min_curvature = float(check_nonnegative("min_curvature", min_curvature))
     gamma = float(check_probability("gamma", gamma))
     alpha = float(check_nonnegative("alpha", alpha))
-    check_int("candidates", candidates)
     plus = bool(plus)
     basis = subspace.basis
-    d, D = basis.shape
-
-    def check_vector(name: str, v: Tensor) -> None:
-        if not isinstance(v, Tensor) or v.shape != (D,):
-            shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-            raise ValueError(f"{name} must have shape ({D},) for this subspace, got {shape}")
-        if v.dtype != basis.dtype or v.device != basis.device:
-            raise ValueError(f"{name} is {v.dtype} on {v.device} but the subspace basis is {basis.dtype} "
-                             f"on {basis.device}; use subspace.to(device, dtype)")
+    d = basis.shape[0]
 
     def init(theta: Tensor) -> PBFGSState:
-        check_vector("theta", theta)
+        _check_vector("theta", theta, basis)
         work = _algebra_dtype(theta.device)
         zeros = torch.zeros(d, dtype=work, device=theta.device)
         buf = torch.zeros_like(theta) if plus else theta.new_zeros(0)
         return PBFGSState(torch.eye(d, dtype=work, device=theta.device), zeros, zeros.clone(), buf)
 
-    def search(theta: Tensor, direction: Tensor, slope: float, loss0: float, loss_fn: LossFn,
-               loss_many: LossManyFn | None) -> tuple[float, int]:
-        """First ``β^j`` satisfying Armijo and the number of evaluations; ``0.0`` if none does."""
-        evals, j = 0, 0
-        if candidates > 1 and loss_many is not None:
-            k = min(candidates, max_backtracks)
-            alphas = [beta ** i for i in range(k)]
-            scale = torch.tensor(alphas, dtype=theta.dtype, device=theta.device)
-            trials = theta + scale[:, None] * direction
-            losses = loss_many(trials).tolist()  # one host sync for K trials
-            evals += k
-            for a, value in zip(alphas, losses):
-                if value <= loss0 + c * a * slope:  # NaN compares False: backtrack
-                    return a, evals
-            j = k
-        for i in range(j, max_backtracks):
-            a = beta ** i
-            # The same expression as the returned delta, so the accepted point is what was tested.
-            value = float(loss_fn(theta + a * direction))
-            evals += 1
-            if value <= loss0 + c * a * slope:
-                return a, evals
-        return 0.0, evals
-
     def update(grad: Tensor, state: PBFGSState, theta: Tensor, step: int, loss_fn: LossFn,
                loss0: Tensor | float | None = None, *, loss_many: LossManyFn | None = None):
-        check_vector("grad", grad)
-        check_vector("theta", theta)
-        check_int("step", step, minimum=0)
-        if not callable(loss_fn):
-            raise ValueError(f"loss_fn must be callable, got {loss_fn!r}")
-        if loss_many is not None and not callable(loss_many):
-            raise ValueError(f"loss_many must be callable or None, got {loss_many!r}")
+        _check_update_args(grad, theta, step, loss_fn, loss_many, basis)
         work = _algebra_dtype(theta.device)
         # torch.optim's load_state_dict casts state to the parameters' dtype; restore the work dtype.
         B, prev_gz, prev_s = (t.to(work) for t in (state.B, state.prev_gz, state.prev_s))
         with torch.no_grad():
             gz_native = basis @ grad
             gz = gz_native.to(work)
-            skipped = False
-            if step > 0:
-                y, s = gz - prev_gz, prev_s
-                bound = min_curvature * torch.linalg.vector_norm(y) * torch.linalg.vector_norm(s)
-                # One host sync: the branch decides whether B changes. s = 0 (first step after a
-                # failed search) or y = 0 give 0 > 0, a skip.
-                if bool(torch.dot(y, s) > bound):
-                    B = bfgs_update(B, s, y)
-                else:
-                    skipped = True
-            p = -(B @ gz)
-            slope, gg = torch.stack([torch.dot(gz, p), torch.dot(gz, gz)]).tolist()  # one host sync
-            reset = False
-            flat = gg == 0  # g̃ = 0: nothing to gain in the subspace
-            if not flat and not slope < 0:
-                # Not a descent direction (B lost definiteness to rounding, or NaN): restart from
-                # steepest descent, B = I, rather than search uphill.
-                B = torch.eye(d, dtype=work, device=theta.device)
-                p, slope, reset = -gz, -gg, True
-            evals = 0
+            B, skipped = _curvature_update(B, gz, prev_gz, prev_s, step, min_curvature)
+            B, p, slope, flat, reset = _descent_direction(B, gz)
+            evals, step_size, direction = 0, 0.0, torch.zeros_like(theta)  # g̃ = 0 (or NaN): no subspace step
             if not flat and slope < 0:
                 if loss0 is None:
-                    loss0 = loss_fn(theta)
-                    evals += 1
+                    loss0, evals = loss_fn(theta), 1
                 direction = p.to(theta.dtype) @ basis
                 step_size, n = search(theta, direction, slope, float(loss0), loss_fn, loss_many)
                 evals += n
-            else:  # g̃ = 0 (or NaN): no subspace step
-                step_size, direction = 0.0, torch.zeros_like(theta)
-            delta = step_size * direction
-            new_s = step_size * p
-            buf = state.buf
+            delta, buf = step_size * direction, state.buf
             if plus:
                 # The out-of-subspace gradient, heavy-ball in torch SGD's form (b_0 = ĝ_0).
-                g_hat = grad - gz_native @ basis
-                buf = g_hat.clone() if step == 0 else buf * gamma + g_hat
+                buf = heavy_ball(buf, grad - gz_native @ basis, gamma, first=step == 0)
                 delta = delta + (-alpha) * buf
         info = {"alpha": step_size, "evals": evals, "skipped": skipped, "accepted": step_size > 0 or flat,
                 "reset": reset}
-        return delta, PBFGSState(B, gz, new_s, buf), info
+        return delta, PBFGSState(B, gz, step_size * p, buf), info
 
     return LineSearchTransform(init, update)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -303,7 +303,8 @@ class Trajectory:
 
 def sample_trajectory(model, transform: Transform, sampler, *, steps: int, every: int,
                       sample_until: int | None = None, theta: Tensor | None = None,
-                      store: str | Path = "device", include_initial: bool = True, **train_kwargs):
+                      store: str | Path = "device", include_initial: bool = True,
+                      on_step: Callable[[int, Tensor], None] | None = None, **train_kwargs):
     """Train with ``transform`` and keep a checkpoint every ``every`` steps (DLDR's sampling stage).
 
     Checkpoints are kept up to step ``sample_until`` (default: the whole run), so one run can both
@@ -311,7 +312,8 @@ def sample_trajectory(model, transform: Transform, sampler, *, steps: int, every
 
     Returns ``(history, trajectory)``; ``history`` is :func:`~l2o_lib.training.train_flat`'s,
     ``trajectory`` holds ``sample_until // every`` checkpoints (plus the initial point when
-    ``include_initial``). Extra keyword arguments go to ``train_flat`` (``eval_data`` …).
+    ``include_initial``). ``on_step(k, theta)``, if given, runs after each step's checkpointing (e.g.
+    a wall clock per phase). Extra keyword arguments go to ``train_flat`` (``eval_data`` …).
     """
     from .training import train_flat
 
@@ -330,6 +332,8 @@ def sample_trajectory(model, transform: Transform, sampler, *, steps: int, every
     def keep(k: int, th: Tensor) -> None:
         if k % every == 0 and k <= sample_until:
             traj.append(th, k)
+        if on_step is not None:
+            on_step(k, th)
 
     history = train_flat(model, transform, sampler, steps=steps, theta=theta0, on_step=keep, **train_kwargs)
     return history, traj

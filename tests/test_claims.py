@@ -63,6 +63,12 @@ def test_verdicts():
     assert claims.verdict(0.3, (0.1, 0.6), 0.5, higher_is_better=False) == "reproduced"
     assert claims.verdict(1.2, (0.9, 1.5), 0.5, higher_is_better=False) == "not reproduced"
     assert claims.verdict(float("nan"), (0, 1), 0.5) == "not reproduced"
+    # a wide interval that only reaches the paper's value is not a reproduction
+    assert claims.verdict(14.5, (0.4, 42.4), 0.5, higher_is_better=False) == "partly"
+    assert claims.verdict(3.0, (2.5, 3.6), 3.41) == "partly"
+    assert claims.verdict(-0.2, (-0.6, 0.3), 0.0, null=-0.5, by="interval") == "reproduced"   # within noise
+    with pytest.raises(ValueError, match="by"):
+        claims.verdict(1.0, (0.0, 2.0), 1.0, by="median")
 
 
 def test_claim_row_checks_and_round_trips_through_a_run(tmp_path):
@@ -140,3 +146,14 @@ def test_effect_verdict_needs_the_whole_interval_past_zero():
     assert claims.direction_verdict(float("nan"), (0.1, 0.2)) == "not reproduced"
     with pytest.raises(ValueError, match="interval"):
         claims.direction_verdict(0.5, (1.0, 0.0))
+
+
+def test_time_to_target_reads_the_clock_at_the_first_evaluation_reaching_it():
+    times, curve = [0.0, 1.5, 3.0, 4.5], [0.1, 0.8, float("nan"), 0.95]
+    assert claims.time_to_target(times, curve, 0.8) == 1.5          # reached exactly: counts
+    assert claims.time_to_target(times, curve, 0.9) == 4.5          # NaN at 3.0 does not count
+    assert claims.time_to_target(times, curve, 0.99) is None        # never: censored, reported as None
+    with pytest.raises(ValueError, match="times and curve"):
+        claims.time_to_target([0.0, 1.0], [0.5], 0.4)
+    with pytest.raises(ValueError, match="target"):
+        claims.time_to_target([0.0], [0.5], float("nan"))

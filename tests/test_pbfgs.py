@@ -303,6 +303,21 @@ def test_train_pbfgs_in_dldr_subspace_decreases_loss(digits_xy):
     assert off.norm() < 1e-4 * (hist.theta - theta0).norm()
 
 
+def test_sample_trajectory_on_step_sees_every_step_after_its_checkpoint(digits_xy):
+    # Notebook 02 clocks its phases through this hook; it must see each step once, in order, with the
+    # checkpoints kept as without it.
+    x, y = digits_xy
+    model = FlatModel(mlp(seed=3))
+    seen = []
+    make = lambda: BatchSampler(ArrayData(x, y), 64, seed=0)
+    _, traj = sample_trajectory(model, momentum(lr=0.1, momentum=0.9), make(), steps=12, every=3, sample_until=6,
+                                on_step=lambda k, th: seen.append((k, th.clone())))
+    assert [k for k, _ in seen] == list(range(1, 13))
+    _, plain = sample_trajectory(model, momentum(lr=0.1, momentum=0.9), make(), steps=12, every=3, sample_until=6)
+    assert torch.equal(traj.checkpoints, plain.checkpoints) and traj.steps == [0, 3, 6]
+    assert torch.equal(seen[5][1], traj.checkpoints[2])  # step 6's hook sees the weights just checkpointed
+
+
 def test_line_search_trials_do_not_touch_batchnorm_statistics(digits_xy):
     x, y = digits_xy
     model = FlatModel(mlp(batchnorm=True))
