@@ -40,14 +40,14 @@ SMALL10, SMALL100 = dict(classes=10, n_train=24, n_test=8), dict(classes=100, n_
 # point is the paper's code path at a few steps. A callable override is computed from SETTINGS["paper"].
 SHRINK = {
     "01_subspaces": dict(
-        folders=[CIFAR10], parameters={},
+        folders=[CIFAR10], parameters=dict(seeds=1),
         # 11 checkpoints: the variance table shows 10 components
-        overrides=dict(n_train=None, sgd_steps=20, every=2, dims=[2, 4], sub_steps=3, counts=[3, 5])),
+        overrides=dict(n_train=None, sgd_steps=20, every=2, dims=[2, 4], sub_steps=3, counts=[3, 5], seeds=1)),
     "02_pbfgs": dict(
         # one SGD step per epoch (batch 128); 2 sampled epochs x 1 checkpoint give d <= 2
-        folders=[CIFAR10], parameters=dict(d=2),
-        overrides=dict(n_train=128, epochs=3, decay_epoch=2, sample_epochs=2, per_epoch=1, pbfgs_epochs=1,
-                       pbfgs_batch=32)),
+        folders=[CIFAR10], parameters=dict(d=2, seeds=1, protocol="both"),
+        overrides=dict(n_train=None, epochs=3, decay_epoch=2, sample_epochs=2, per_epoch=1, pbfgs_epochs=1,
+                       pbfgs_batch=32, seeds=1, n_val=32, tune_epochs=1, sgd_grid=[0.1], adam_grid=[1e-3])),
     "03_sl2o": dict(
         # One step per epoch (batch 128); 3 sampled epochs give d <= 3. Both protocols; a grid of one
         # multiple makes the strong protocol's LRs the paper's, so its baselines are not run twice. The
