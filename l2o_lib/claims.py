@@ -29,6 +29,7 @@ import numpy as np
 
 from .config import check_choice, check_int, check_seed
 from .files import to_jsonable
+from .metrics import mean_std, steps_to_target
 
 if TYPE_CHECKING:  # pandas is imported where a table is built, not on import
     import pandas as pd
@@ -79,8 +80,8 @@ def mean_std_interval(values: Sequence[float], **kwargs) -> dict[str, Any]:
     """``{"mean", "std", "n", "interval": [low, high]}`` of per-seed values (std with ddof = 1, 0 for one
     value); keyword arguments go to :func:`bootstrap_interval`."""
     arr = _finite_values("values", values)
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-    return {"mean": float(arr.mean()), "std": std, "n": int(arr.size), "interval": list(bootstrap_interval(arr, **kwargs))}
+    mean, std, n = mean_std(arr.tolist())
+    return {"mean": mean, "std": std, "n": n, "interval": list(bootstrap_interval(arr, **kwargs))}
 
 
 @dataclass(frozen=True)
@@ -291,5 +292,5 @@ def time_to_target(times: Sequence[float], curve: Sequence[float], target: float
         raise ValueError(f"times and curve must be 1-d of one non-zero length, got shapes {times.shape} and {curve.shape}")
     if not math.isfinite(float(target)):
         raise ValueError(f"target must be a finite number, got {target!r}")
-    hit = np.flatnonzero(curve >= target)  # NaN compares False: a diverged evaluation never counts
-    return None if hit.size == 0 else float(times[hit[0]])
+    hit = steps_to_target(curve, target, mode="above")  # NaN compares False: a diverged evaluation never counts
+    return None if hit is None else float(times[hit])
