@@ -118,11 +118,15 @@ def device() -> Rule:
     return Rule(reason)
 
 
-def lr_dict(keys: tuple[str, ...]) -> Rule:
-    """A dict with exactly the keys ``keys`` (the optimizers a notebook indexes), values finite > 0."""
+def optimizer_lrs() -> Rule:
+    """A non-empty dict ``{label: lr}``: each label names an optimizer of :data:`l2o_lib.optim.OPTIMIZERS`
+    (case-insensitive, e.g. ``"Adam"``), each LR finite > 0."""
     def reason(v):
-        if not isinstance(v, dict) or set(v) != set(keys) or any(not _is_real(x) or x <= 0 for x in v.values()):
-            return f"must be a dict with exactly the keys {list(keys)} and finite values > 0"
+        from .optim import OPTIMIZERS   # torch: imported only when a notebook's optimizers are checked
+        if (not isinstance(v, dict) or not v or any(not isinstance(k, str) or k.lower() not in OPTIMIZERS for k in v)
+                or any(not _is_real(x) or x <= 0 for x in v.values())):
+            return (f"must be a non-empty dict {{optimizer: lr}} with optimizers from {sorted(OPTIMIZERS)} "
+                    "(any case) and finite LRs > 0")
         return None
     return Rule(reason)
 
@@ -240,7 +244,7 @@ _COUNTS = sequence(COUNT, "integers >= 1")
 NOTEBOOKS: dict[str, NotebookSpec] = {
     "00_quickstart": NotebookSpec(
         params=dict(dataset=DATASET, model_name=MODEL, steps=COUNT_OR_NONE, seeds=COUNT_OR_NONE, batch_size=COUNT,
-                    lrs=lr_dict(("SGD", "Momentum", "Adam")), device=DEVICE)),
+                    lrs=optimizer_lrs(), device=DEVICE)),
     "01_subspaces": NotebookSpec(
         params=dict(seed=SEED, seeds=COUNT_OR_NONE, sub_lr=LR, device=DEVICE),
         settings=dict(dataset=DATASET, model=MODEL, n_train=COUNT_OR_NONE, sgd_lr=LR, sgd_steps=COUNT, every=COUNT,

@@ -174,7 +174,7 @@ BAD_CLI = [  # (arguments, words stderr must contain)
     (RUN + ["00", "-p", "profile", "quick"], ["-p profile", "--profile"]),
     (RUN + ["00", "-p", "bogus", "5"], ["bogus", "00_quickstart", "allowed", "batch_size"]),
     (RUN + ["00", "-p", "lrs", "{'SGD': 0.1"], ["lrs=", "not a valid Python literal"]),
-    (RUN + ["00", "-p", "lrs", "{'SGD': 0.1}"], ["lrs=", "'SGD', 'Momentum', 'Adam'"]),
+    (RUN + ["00", "-p", "lrs", "{'SGD': 0.1, 'Sgdd': 0.1}"], ["lrs=", "'momentum'", "'sgd'"]),
     (RUN + ["00", "-p", "lrs", "{'SGD': 0.1, 'Momentum': -0.05, 'Adam': 0.003}"], ["lrs=", "> 0"]),
     (RUN + ["03", "-p", "overrides", "{'meta_epoch': 3}"], ["meta_epoch", "allowed keys", "meta_epochs"]),
     (RUN + ["03", "-p", "overrides", "[('meta_epochs', 3)]"], ["overrides=", "must be a dict"]),
