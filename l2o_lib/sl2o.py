@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from .config import check_int, check_positive, check_seed
+from .config import check_choice, check_int, check_positive, check_seed
 from .finite import check_finite_data
 from .functional import FlatModel
 from .meta import DivergenceGuard, GuardEvent, resume_meta, save_meta
@@ -50,7 +50,7 @@ from .training import progress
 
 # LSTMRule, RNNpropState and rnnprop live in l2o_lib.rnnprop; re-exported because notebooks import them from here.
 __all__ = ["LSTMRule", "RNNpropState", "rnnprop", "sl2o", "SL2O", "Problem", "MetaHistory", "run_task",
-           "step_on_unroll", "meta_train", "meta_gradient", "Trained"]
+           "step_on_unroll", "meta_train", "meta_gradient", "selection_curve", "SELECTION_SEED", "Trained"]
 
 
 def sl2o(rule: Rule, subspace: Subspace | LoRASpace | None = None, **kwargs) -> Transform:
@@ -203,11 +203,16 @@ class Problem:
 
 @dataclass
 class MetaHistory:
-    """What :func:`meta_train` did: meta-loss per meta-step, validation loss per epoch, guard events."""
+    """What :func:`meta_train` did: meta-loss per meta-step, validation loss per epoch, guard events.
+
+    ``epoch_val_loss`` / ``epoch_val_accuracy`` are scored at the end of each epoch's scoring run,
+    ``epoch_val_mean`` (``select="mean_val"`` only) is the mean validation loss along it, the
+    number that picks ``best_epoch`` then."""
 
     meta_loss: list[float] = field(default_factory=list)
     epoch_val_loss: list[float] = field(default_factory=list)
     epoch_val_accuracy: list[float] = field(default_factory=list)
+    epoch_val_mean: list[float] = field(default_factory=list)
     best_epoch: int | None = None
     events: list[GuardEvent] = field(default_factory=list)
     seconds: float = 0.0
@@ -216,7 +221,8 @@ class MetaHistory:
     def as_dict(self) -> dict:
         """Plain types, for ``Run.save_result`` and checkpoints."""
         return {"meta_loss": self.meta_loss, "epoch_val_loss": self.epoch_val_loss,
-                "epoch_val_accuracy": self.epoch_val_accuracy, "best_epoch": self.best_epoch,
+                "epoch_val_accuracy": self.epoch_val_accuracy, "epoch_val_mean": self.epoch_val_mean,
+                "best_epoch": self.best_epoch,
                 "events": [vars(e) for e in self.events], "seconds": self.seconds, "inner_steps": self.inner_steps}
 
     @classmethod
@@ -226,7 +232,7 @@ class MetaHistory:
         # checkpoints written before the split was renamed say "test"
         loss, acc = (d["epoch_val_loss"], d["epoch_val_accuracy"]) if "epoch_val_loss" in d else \
             (d["epoch_test_loss"], d["epoch_test_accuracy"])
-        return cls(list(d["meta_loss"]), list(loss), list(acc),
+        return cls(list(d["meta_loss"]), list(loss), list(acc), list(d.get("epoch_val_mean", [])),
                    d["best_epoch"], events, d["seconds"], d["inner_steps"])
 
 
@@ -325,14 +331,14 @@ def meta_gradient(rule: LSTMRule, problem: Problem, *, steps: int = 2, first_ord
 def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_task: int = 1000,
                unroll: int = 10, meta_lr: float = 0.01, tasks_per_step: int = 1, first_order: bool = True,
                betas: Sequence[float] = (0.9, 0.99), eps: float = 1e-8, seed: int = 0, run=None,
-               explode: float = 1e3, patience: int = 10, fused: bool = False,
+               explode: float = 1e3, patience: int = 10, fused: bool = False, select: str = "mean_val",
                desc: str = "meta-train SL2O") -> MetaHistory:
     """Meta-train ``rule`` in place by truncated back-propagation through time (Algorithm 1).
 
     Every epoch is one task: ``steps_per_task`` inner steps from ``problem.start()`` with a fresh
     batch order; every ``unroll`` steps, Adam (``meta_lr``) takes a step on the summed training
-    losses of the unroll, and the unroll is truncated. After each epoch the final parameters are
-    scored on ``problem.val`` and the weights of the best epoch are kept (the paper selects the
+    losses of the unroll, and the unroll is truncated. After each epoch the rule is scored on
+    ``problem.val`` (``select``) and the weights of the best epoch are kept (the paper selects the
     optimizer by its test performance; we select on data held out of the training split); at the
     end they are loaded into ``rule``.
 
@@ -355,9 +361,15 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
         explode, patience: the :class:`~l2o_lib.meta.DivergenceGuard` settings. An epoch whose
             last unroll was refused is scored by running the rolled-back rule on its task.
         fused: step the rule through :func:`~l2o_lib.rnnprop.fused_rnnprop` (compiled on CUDA).
+        select: how an epoch is scored. ``"mean_val"``: the rule as the epoch left it runs one
+            fixed selection task (:func:`selection_curve`, ``steps_per_task`` steps, the same batch
+            order for every epoch) and scores the mean validation loss along it, which rewards
+            speed as well as the end point. ``"final_val"``: the validation loss at the end of
+            the epoch's own training task; that trajectory came from a rule that changed while it
+            ran, on a different batch order each epoch, and its end point does not measure speed.
     """
     _check_meta_train_args(rule, problem, epochs=epochs, steps_per_task=steps_per_task, unroll=unroll,
-                           meta_lr=meta_lr, tasks_per_step=tasks_per_step, seed=seed)
+                           meta_lr=meta_lr, tasks_per_step=tasks_per_step, seed=seed, select=select)
     device = problem.theta0.device
     rule.to(device)
     optimizer = torch.optim.Adam(rule.parameters(), lr=meta_lr)
@@ -386,7 +398,11 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
         z = run_task(problem, transform, generator, steps=steps_per_task, unroll=unroll, tasks=tasks_per_step,
                      first_order=first_order, on_unroll=on_unroll)
         history.inner_steps += steps_per_task * tasks_per_step
-        if problem.val is not None:
+        if problem.val is not None and select == "mean_val":
+            curve, accuracy = selection_curve(rule, problem, steps=steps_per_task, seed=seed + SELECTION_SEED,
+                                              betas=betas, eps=eps, fused=fused)
+            best = _record_epoch(rule, history, epoch, best, curve, accuracy)
+        elif problem.val is not None:
             if not last_ok:
                 # The last unroll was refused: the task restarted and z is its untrained start. Score
                 # what the epoch ended with, the rolled-back rule, on the epoch's task from the start.
@@ -405,7 +421,7 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
 
 
 def _check_meta_train_args(rule: LSTMRule, problem: Problem, *, epochs: int, steps_per_task: int, unroll: int,
-                           meta_lr: float, tasks_per_step: int, seed: int) -> None:
+                           meta_lr: float, tasks_per_step: int, seed: int, select: str) -> None:
     """:func:`meta_train`'s argument checks, all before any work."""
     if not isinstance(rule, LSTMRule):
         raise ValueError(f"rule must be an LSTMRule, got {type(rule).__name__}")
@@ -417,6 +433,7 @@ def _check_meta_train_args(rule: LSTMRule, problem: Problem, *, epochs: int, ste
     check_positive("meta_lr", meta_lr)
     check_int("tasks_per_step", tasks_per_step)
     check_seed("seed", seed)
+    check_choice("select", select, ("mean_val", "final_val"))
     if unroll > steps_per_task:
         raise ValueError(f"unroll={unroll} must be <= steps_per_task={steps_per_task}")
     check_finite_data("problem.train[0] (the training inputs)", problem.train[0])
@@ -426,15 +443,56 @@ def _check_meta_train_args(rule: LSTMRule, problem: Problem, *, epochs: int, ste
 
 def _score_epoch(rule: LSTMRule, problem: Problem, z: Tensor, epoch: int, history: MetaHistory,
                  best: dict | None) -> dict | None:
-    """Score an epoch's final coordinates ``z`` on ``problem.val`` into ``history``; return the
-    best epoch so far (``{"loss", "epoch", "weights"}``), this one when it beats ``best``."""
+    """``select="final_val"``: score an epoch's final coordinates ``z`` on ``problem.val`` into
+    ``history``; return the best epoch so far (``{"loss", "epoch", "weights"}``)."""
     scores = problem.model.evaluate(problem.lift(z), *problem.val)
     loss = float(scores["loss"])
     history.epoch_val_loss.append(loss)
     history.epoch_val_accuracy.append(float(scores["accuracy"]))
-    if best is None or _rank(loss) < _rank(best["loss"]):
-        return {"loss": loss, "epoch": epoch, "weights": {k: v.clone() for k, v in rule.state_dict().items()}}
+    return _better(rule, epoch, loss, best)
+
+
+def _record_epoch(rule: LSTMRule, history: MetaHistory, epoch: int, best: dict | None, curve: list[float],
+                  accuracy: float) -> dict | None:
+    """``select="mean_val"``: record a selection run into ``history``, ranked by its mean validation loss."""
+    history.epoch_val_loss.append(curve[-1])
+    history.epoch_val_accuracy.append(accuracy)
+    history.epoch_val_mean.append(sum(curve) / len(curve))
+    return _better(rule, epoch, history.epoch_val_mean[-1], best)
+
+
+def _better(rule: LSTMRule, epoch: int, score: float, best: dict | None) -> dict | None:
+    """The best epoch so far: this one (with a copy of the rule's weights) when ``score`` beats ``best``'s."""
+    if best is None or _rank(score) < _rank(best["loss"]):
+        return {"loss": score, "epoch": epoch, "weights": {k: v.clone() for k, v in rule.state_dict().items()}}
     return best
+
+
+# Batch order of the selection task: seed + SELECTION_SEED, far from the training tasks' seed + epoch.
+SELECTION_SEED = 10**6
+
+
+def selection_curve(rule: LSTMRule, problem: Problem, *, steps: int, seed: int, points: int = 10,
+                    betas: Sequence[float] = (0.9, 0.99), eps: float = 1e-8,
+                    fused: bool = False) -> tuple[list[float], float]:
+    """Run ``rule`` (no meta-gradient) for ``steps`` inner steps from ``problem.start()`` on the batch
+    order ``seed``; return the validation losses at ``points`` evenly spaced steps (the last one the
+    end) and the final validation accuracy. Their mean is :func:`meta_train`'s ``"mean_val"`` score:
+    a rule that gets low sooner scores lower, as the paper's convergence-speed claim asks."""
+    transform = rnnprop(rule, betas=betas, eps=eps, fused=fused)
+    generator = torch.Generator(device=problem.theta0.device).manual_seed(seed)
+    marks = {round(steps * (i + 1) / points) for i in range(points)}
+    z = problem.start(1)
+    state, losses = transform.init(z), []
+    for k in range(1, steps + 1):
+        _, g = problem.loss_and_grad(z, problem.batches(generator, 1))
+        with torch.no_grad():
+            delta, state = transform.update(g, state, z, k - 1)
+        z = z + delta
+        if k in marks:
+            scores = problem.model.evaluate(problem.lift(z[0]), *problem.val)
+            losses.append(float(scores["loss"]))
+    return losses, float(scores["accuracy"])
 
 
 class Trained(NamedTuple):

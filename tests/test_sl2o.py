@@ -11,7 +11,7 @@ from l2o_lib.models import build_model
 from l2o_lib.optim import sgd
 from l2o_lib.results import Run
 from l2o_lib.rnnprop import LSTMRule, rnnprop
-from l2o_lib.sl2o import SL2O, MetaHistory, Problem, meta_gradient, meta_train, sl2o
+from l2o_lib.sl2o import SELECTION_SEED, SL2O, MetaHistory, Problem, meta_gradient, meta_train, selection_curve, sl2o
 from l2o_lib.subspace import dagger, random_subspace
 from l2o_lib.training import train_flat, train_module
 
@@ -224,7 +224,8 @@ def test_fewer_epochs_than_the_run_holds_is_refused(task, tmp_path):
     assert len(history.epoch_val_loss) == 3   # the finished run itself still loads
 
 
-def test_an_epoch_is_scored_by_the_rule_it_ended_with(task):
+@pytest.mark.parametrize("select", ["final_val", "mean_val"])
+def test_an_epoch_is_scored_by_the_rule_it_ended_with(task, select):
     p = problem(task)
 
     class PoisonedLastUnroll(LSTMRule):
@@ -236,15 +237,51 @@ def test_an_epoch_is_scored_by_the_rule_it_ended_with(task):
             return (step * float("nan") if type(self).calls == 15 else step), carry
 
     rule = PoisonedLastUnroll(scale=0.3)
-    history = meta_train(rule, p, epochs=1, steps_per_task=20, unroll=10)
+    history = meta_train(rule, p, epochs=1, steps_per_task=20, unroll=10, select=select)
     assert [e.step for e in history.events] == [1]   # the second and last unroll was refused
-    # The epoch ended with the rule rolled back to after the first unroll: score that rule on the task.
+    # The epoch ended with the rule rolled back to after the first unroll: score that rule, on the
+    # epoch's own task (final_val) or on the fixed selection task (mean_val).
     plain = LSTMRule(scale=0.3)
     plain.load_state_dict(rule.state_dict())
-    ended = train_flat(p.model, sl2o(plain, p.space), _TaskBatches(p, seed=0), steps=20, theta=p.space.origin)
+    order = 0 if select == "final_val" else SELECTION_SEED
+    ended = train_flat(p.model, sl2o(plain, p.space), _TaskBatches(p, seed=order), steps=20, theta=p.space.origin)
     start = p.model.evaluate(p.space.origin, *p.val)["loss"]
     expected = float(p.model.evaluate(ended.theta, *p.val)["loss"])
     assert history.epoch_val_loss == [pytest.approx(expected, rel=1e-5)] and expected != pytest.approx(float(start))
+
+
+def test_mean_val_selects_the_epoch_with_the_lowest_mean_validation_loss(task):
+    p = problem(task)
+    rule = LSTMRule(scale=0.3, seed=1)
+    history = meta_train(rule, p, epochs=4, steps_per_task=30, unroll=10, meta_lr=0.03)
+    assert len(history.epoch_val_mean) == len(history.epoch_val_loss) == 4
+    assert history.best_epoch == min(range(4), key=history.epoch_val_mean.__getitem__)
+    assert len(set(history.epoch_val_mean)) > 1   # the epochs differ, so the choice means something
+    # the rule handed back is the selected epoch's: its selection run reproduces that epoch's score
+    curve, _ = selection_curve(rule, p, steps=30, seed=SELECTION_SEED)
+    assert sum(curve) / len(curve) == pytest.approx(history.epoch_val_mean[history.best_epoch], rel=1e-5)
+    assert MetaHistory.from_dict(history.as_dict()) == history
+
+
+def test_mean_val_prefers_the_fast_rule_to_the_one_with_the_lower_end(task, monkeypatch):
+    # Epoch 0's rule ends lower but gets there late; epoch 1's is low all along: mean_val keeps epoch 1.
+    curves = iter([([1.0, 0.1], 0.9), ([0.2, 0.15], 0.8)])
+    monkeypatch.setattr("l2o_lib.sl2o.selection_curve", lambda *args, **kwargs: next(curves))
+    history = meta_train(LSTMRule(scale=0.3), problem(task), epochs=2, steps_per_task=10, unroll=10)
+    assert history.epoch_val_mean == [pytest.approx(0.55), pytest.approx(0.175)]
+    assert history.epoch_val_loss == [0.1, 0.15] and history.best_epoch == 1
+
+
+def test_selection_curve_scores_evenly_spaced_points_of_one_run(task):
+    p = problem(task)
+    rule = LSTMRule(scale=0.3, seed=2)
+    curve, accuracy = selection_curve(rule, p, steps=20, seed=5, points=4)
+    ended = [train_flat(p.model, sl2o(rule, p.space), _TaskBatches(p, seed=5), steps=k, theta=p.space.origin).theta
+             for k in (5, 10, 15, 20)]
+    assert curve == pytest.approx([float(p.model.evaluate(t, *p.val)["loss"]) for t in ended], rel=1e-5)
+    assert accuracy == pytest.approx(float(p.model.evaluate(ended[-1], *p.val)["accuracy"]))
+    with pytest.raises(ValueError, match="select='best'.*final_val.*mean_val"):
+        meta_train(rule, p, epochs=1, steps_per_task=10, unroll=10, select="best")
 
 
 class _TaskBatches:
