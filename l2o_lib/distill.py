@@ -38,10 +38,13 @@ from .mlrsnet import MethodConfig, TrainedSchedule, compare_schedules
 from .optim import momentum as momentum_transform
 from .optim.base import Transform
 from .population import Rule
+from .runs import run as run_task
 from .sl2o import sl2o
+from .symbolic import to_torch
 from .training import Sampler, train_flat
 
-__all__ = ["Samples", "SL2O_INPUTS", "MLRSNET_INPUTS", "L3RS_INPUTS", "probe_sl2o", "FormulaRule", "probe_mlrsnet",
+__all__ = ["Samples", "SL2O_INPUTS", "MLRSNET_INPUTS", "L3RS_INPUTS", "probe_sl2o", "FormulaRule", "front_sl2o",
+           "run_front_sl2o", "probe_mlrsnet",
            "formula_schedule", "probe_l3rs", "l3rs_targets", "distilled_l3rs"]
 
 SL2O_INPUTS = ("m", "g", "u")
@@ -125,6 +128,31 @@ class FormulaRule:
         f = features.reshape(*grad.shape, 2)
         step = torch.nan_to_num(self.fn(f[..., 0], f[..., 1], carry), nan=0.0).clamp(-self.bound, self.bound)
         return step, step
+
+
+def front_sl2o(fit, complexity: int | None, space, *, bound: float = 1.0) -> Callable[[], Transform]:
+    """A factory ``() -> Transform``: the SL2O optimizer in ``space`` whose rule is the formula of
+    ``complexity`` on the Pareto front of ``fit`` (a :class:`~l2o_lib.symbolic.Fit` of
+    :func:`probe_sl2o`'s samples; ``None``: its chosen formula), as a :class:`FormulaRule` clipped to
+    ``±bound`` (the LSTM's output scale). ``ValueError`` for a complexity not on the front."""
+    if tuple(fit.names) != SL2O_INPUTS:
+        raise ValueError(f"fit must be a fit of SL2O's inputs {SL2O_INPUTS}, got names {tuple(fit.names)}")
+    fn = to_torch(fit.candidate(complexity).expr, SL2O_INPUTS)
+    check_positive("bound", bound)
+    return lambda: sl2o(FormulaRule(fn, bound=bound), space)
+
+
+def run_front_sl2o(fit, task, space, *, bound: float, steps: int, seed: int = 0,
+                   complexities: Sequence[int] | None = None) -> dict[int, object]:
+    """Train ``task`` (a :class:`~l2o_lib.tasks.Task` whose start is ``space``'s origin) for ``steps``
+    steps on the batches of ``seed`` with each front formula of :func:`front_sl2o` run as the
+    optimizer; ``{complexity: History}`` (``complexities``: a subset, default the whole front). A
+    formula whose run goes non-finite is kept (``History.extra["nonfinite_step"]``), not raised."""
+    check_int("steps", steps)
+    check_seed("seed", seed)
+    wanted = [c.complexity for c in fit.front] if complexities is None else list(complexities)
+    return {c: run_task(task, front_sl2o(fit, c, space, bound=bound), seeds=[seed], steps=steps, eval_every=steps,
+                   vectorize=False, on_nonfinite="record")[0] for c in wanted}
 
 
 # ----------------------------------------------------------------------------------- MLR-SNet

@@ -263,7 +263,7 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
                       scale=LR, ablation_scale=positive(none=True), hidden=COUNT, meta_lr=LR, meta_seeds=COUNT,
                       meta_epochs=COUNT, task_steps=COUNT, unroll=COUNT, test_steps=COUNT, seeds=COUNT,
                       grid=_LR_GRID, transfer=tuples(2, "(dataset, model) pairs", dataset_at=0, model_at=1),
-                      transfer_seeds=COUNT, d=COUNT),
+                      transfer_seeds=COUNT, d=COUNT, eval_every=COUNT),
         cap=_cap_03),
     "04_mlrsnet": NotebookSpec(
         params=dict(seed=SEED, meta_seeds=COUNT_OR_NONE, protocol=one_of("paper", "strong", "both"), device=DEVICE),
@@ -291,7 +291,8 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
     "07_symbolic": NotebookSpec(
         params=dict(seed=SEED, backend=registered("backend"), device=DEVICE, trained_from=text()),
         settings=dict(time_budget=LR, generations=COUNT_OR_NONE, restarts=COUNT, population=COUNT,
-                      max_samples=COUNT, probe_runs=COUNT, probe_steps=COUNT, seeds=COUNT, l3rs_probe_tasks=COUNT,
+                      max_samples=COUNT, probe_runs=COUNT, probe_steps=COUNT, front_steps=COUNT, seeds=COUNT,
+                      l3rs_probe_tasks=COUNT,
                       l3rs_eval_tasks=COUNT, threads=COUNT_OR_NONE,
                       operators=sequence(one_of("add", "sub", "mul", "div", "sqrt", "exp", "log", "tanh", "abs", "square"),
                                          "operator names: add, sub, mul, div, sqrt, exp, log, tanh, abs, square"))),

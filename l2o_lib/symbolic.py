@@ -92,6 +92,17 @@ class Fit:
         """``fn(*columns) -> tensor`` (see :func:`to_torch`)."""
         return to_torch(self.expr, self.names)
 
+    def candidate(self, complexity: int | None = None) -> Candidate:
+        """The front's formula of ``complexity`` (``None``: the chosen one); ``ValueError`` naming the
+        front's complexities when there is none of that size."""
+        if complexity is None:
+            complexity = self.complexity
+        found = [c for c in self.front if c.complexity == complexity]
+        if not found:
+            raise ValueError(f"complexity={complexity!r} is not on the Pareto front; it has "
+                             f"{[c.complexity for c in self.front]}")
+        return found[0]
+
     def front_records(self, digits: int = 3) -> list[dict]:
         """The front as table rows (complexity, mse, r2, formula, chosen)."""
         return [{"complexity": c.complexity, "mse": c.mse, "r2": c.r2, "formula": str(round_constants(c.expr, digits)),

@@ -154,7 +154,7 @@ LAYERS = [
                 "metrics"}),
     ("methods", {"pbfgs", "rnnprop", "sl2o", "mlrsnet", "l3rs"}),
     ("analysis", {"artifacts", "landscape", "symbolic", "distill", "claims"}),
-    ("application", {"plots", "widgets", "nbparams", "runner", "benchmark", "report", "cli"}),
+    ("application", {"plots", "widgets", "nbparams", "runner", "upstream", "benchmark", "report", "cli"}),
 ]
 
 

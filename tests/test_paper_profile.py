@@ -55,7 +55,8 @@ SHRINK = {
         # notebook's fixed batch of 128 costs a minute on 2 CPU cores (notebooks 04 and 05 run ResNet-18).
         folders=[CIFAR10, CIFAR100], parameters=dict(d=2, meta_seeds=1, protocol="both"),
         overrides=dict(n_train=None, sub_epochs=3, per_epoch=1, meta_seeds=1, meta_epochs=2, task_steps=1, unroll=1,
-                       test_steps=2, seeds=1, grid=[1.0], transfer=[["cifar100", "resnet20"]], transfer_seeds=1)),
+                       test_steps=2, seeds=1, grid=[1.0], transfer=[["cifar100", "resnet20"]], transfer_seeds=1,
+                       eval_every=1)),
     "04_mlrsnet": dict(
         # ResNet-18 at batch 2. Transfer: the paper's held-out tasks of the same model and length (CIFAR-100
         # re-tuned, blurred CIFAR-10 source-tuned); 2x epochs and ResNet-34 would double the notebook's time.

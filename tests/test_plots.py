@@ -319,3 +319,30 @@ def test_png_failure_warns_once_and_keeps_html(tmp_path, monkeypatch, png_warnin
     assert first == {"html": tmp_path / "one.html"} and second == {"html": tmp_path / "two.html"}
     assert first["html"].exists() and second["html"].exists()
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_curve_panels_one_colour_and_legend_entry_per_series_across_panels():
+    x = np.arange(4)
+    band = {"x": x, "y": np.array([1.0, 0.5, 0.2, 0.1]), "y_std": np.full(4, 0.3)}
+    fig = plots.curve_panels({"task A: loss": {"SL2O": band, "Momentum†": (x, np.ones(4))},
+                              "task A: accuracy": {"SL2O": (x, np.linspace(0.1, 0.9, 4)), "Momentum†": (x, np.ones(4))},
+                              "task B: loss": {"SL2O": (x, np.ones(4))}},
+                             cols=2, title="transfer", log_y=["task A: loss", "task B: loss"])
+    lines = [t for t in fig.data if t.fill != "toself"]
+    assert [t.name for t in lines] == ["SL2O", "Momentum†", "SL2O", "Momentum†", "SL2O"]
+    assert [t.showlegend for t in lines] == [True, True, False, False, False]
+    assert {t.line.color for t in lines if t.name == "SL2O"} == {plots.color_for("SL2O")}
+    bands = [t for t in fig.data if t.fill == "toself"]
+    assert len(bands) == 1 and min(bands[0].y) > 0   # the lower edge is clipped on the log axis
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type != "log" and fig.layout.yaxis3.type == "log"
+    assert [a.text for a in fig.layout.annotations] == ["task A: loss", "task A: accuracy", "task B: loss"]
+
+
+@pytest.mark.parametrize("panels, kwargs, match", [
+    ({}, {}, "non-empty dict"), ({"a": {}}, {}, "panel 'a'"), ({"a": {"s": ([1], [1])}}, {"log_y": ["b"]}, "not in panels"),
+    ({"a": {"s": ([1], [1])}}, {"log_y": "a"}, "log_y"), ({"a": {"s": ([1], [1])}}, {"cols": 0}, "cols"),
+    ({"a": {"s": ([1, 2], [1])}}, {}, "equal length"),
+])
+def test_curve_panels_rejects_bad_input(panels, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plots.curve_panels(panels, **kwargs)

@@ -220,3 +220,43 @@ def test_distilled_l3rs_equals_l3rs_when_the_formulas_are_the_policy():
     assert np.all((probes["mu_adam"].y > 0) & (probes["mu_adam"].y < 1))
     with pytest.raises(ValueError, match="lacks"):
         distill.distilled_l3rs(phi, config, {"log_scale": one(0.0)}, total_steps=6, segments=segments)
+
+
+def _front_fit():
+    """A hand-made Fit of SL2O's inputs whose front holds a do-nothing formula (complexity 3) and a
+    normalised-gradient step (complexity 5)."""
+    step = sp.sympify("0.01*g")
+    front = [symbolic.Candidate(sp.Float(0.0), 3, 1.0, 0.0), symbolic.Candidate(step, 5, 0.1, 0.9)]
+    return symbolic.Fit(step, 5, 0.1, 0.9, front, distill.SL2O_INPUTS, "pyoperon", 0.0)
+
+
+def test_fit_candidate_finds_a_front_point_by_complexity():
+    fit = _front_fit()
+    assert fit.candidate().expr == fit.expr and fit.candidate(3).complexity == 3
+    with pytest.raises(ValueError, match=r"not on the Pareto front; it has \[3, 5\]"):
+        fit.candidate(4)
+
+
+def test_front_sl2o_runs_the_chosen_front_point_as_the_optimizer():
+    """Each front point becomes its own optimizer: the zero formula leaves the weights, the 0.01·g one takes
+    exactly the steps of a FormulaRule of that formula; run_front_sl2o runs every point on one batch order."""
+    from l2o_lib.tasks import Task
+
+    model, data = _toy()
+    space = random_subspace(model.dim, 6, origin=model.flatten(), seed=0)
+    fit = _front_fit()
+    still = train_flat(model, distill.front_sl2o(fit, 3, space)(), BatchSampler(data, 32, seed=0), steps=4)
+    assert torch.equal(still.theta, model.flatten())
+    moved = train_flat(model, distill.front_sl2o(fit, 5, space)(), BatchSampler(data, 32, seed=0), steps=4)
+    ref_rule = distill.FormulaRule(symbolic.to_torch(sp.sympify("0.01*g"), distill.SL2O_INPUTS))
+    ref = train_flat(model, sl2o(ref_rule, space), BatchSampler(data, 32, seed=0), steps=4)
+    assert torch.equal(moved.theta, ref.theta) and not torch.equal(moved.theta, model.flatten())
+    task = Task(model, data, theta0=space.origin, batch_size=32)
+    runs = distill.run_front_sl2o(fit, task, space, bound=1.0, steps=4, seed=0)
+    assert list(runs) == [3, 5] and len(runs[5].train_loss) == 4
+    assert torch.equal(runs[5].theta, ref.theta) and torch.equal(runs[3].theta, model.flatten())
+    with pytest.raises(ValueError, match="not on the Pareto front"):
+        distill.front_sl2o(fit, 7, space)
+    other = symbolic.Fit(sp.sympify("x1"), 1, 0.0, 1.0, [], NAMES, "pyoperon", 0.0)
+    with pytest.raises(ValueError, match="fit of SL2O's inputs"):
+        distill.front_sl2o(other, None, space)

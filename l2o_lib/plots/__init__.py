@@ -15,6 +15,7 @@ drives, started once per process; without one it warns once and keeps the HTML).
 =================  ===========================================================================
 ``style``          template, size, colours (``color_for``, ``KNOWN_COLORS``), shared helpers
 ``charts``         ``curves`` (with ± std bands), ``bar``, ``table``
+``panels``         ``curve_panels``: curves in side-by-side panels (tasks, metrics)
 ``landscapes``     ``landscape_contour``, ``landscape_surface`` with trajectories
 ``learned``        ``lr_schedules``, ``mixing_areas``, ``layer_bars``, ``pareto_fronts``, ``parity``
 ``export``         ``save`` (HTML + PNG), the kaleido / Chromium export server, ``find_browser``
@@ -27,6 +28,7 @@ from .charts import bar, curves, table
 from .export import PngExportError, find_browser, png_available, save, stop_export_server
 from .landscapes import landscape_contour, landscape_surface
 from .learned import layer_bars, lr_schedules, mixing_areas, pareto_fronts, parity
+from .panels import curve_panels
 from .style import HEIGHT, KNOWN_COLORS, TEMPLATE, WIDTH, color_for
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "KNOWN_COLORS",
     "color_for",
     "curves",
+    "curve_panels",
     "bar",
     "table",
     "landscape_contour",
