@@ -251,7 +251,7 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
                       dims=_COUNTS, sub_steps=COUNT, counts=sequence(integer(2), "integers >= 2"), seeds=COUNT)),
     "02_pbfgs": NotebookSpec(
         params=dict(seed=SEED, seeds=COUNT_OR_NONE, protocol=one_of("paper", "strong", "both"), d=COUNT_OR_NONE,
-                    device=DEVICE),
+                    sample_with=one_of("sgd", "adam"), device=DEVICE),
         settings=dict(dataset=DATASET, model=MODEL, n_train=COUNT_OR_NONE, epochs=COUNT, decay_epoch=COUNT,
                       sample_epochs=COUNT, per_epoch=COUNT, pbfgs_epochs=COUNT, pbfgs_batch=COUNT, augment=FLAG,
                       d=COUNT, seeds=COUNT, n_val=COUNT, tune_epochs=COUNT, sgd_grid=_LR_GRID, adam_grid=_LR_GRID),

@@ -95,6 +95,20 @@ class Subspace:
         """The closest point of the subspace: ``lift(project(theta))``."""
         return self.lift(self.project(theta))
 
+    def top(self, d: int) -> "Subspace":
+        """The first ``d`` directions (for DLDR the ``d`` of largest variance) through the same origin."""
+        check_int("d", d)
+        if d > self.dim:
+            raise ValueError(f"d={d} must be <= {self.dim}, the directions this subspace has")
+        cut = lambda t: None if t is None else t[:d]
+        return Subspace(self.origin, self.basis[:d], cut(self.explained_variance_ratio), cut(self.singular_values))
+
+    def relative_error(self, theta: Tensor) -> Tensor:
+        """``‖reconstruct(θ) − θ‖ / ‖θ − origin‖`` per row of ``theta``: 0 for a point of the subspace,
+        1 for one orthogonal to it (a point at the origin counts as 0, not 0 / 0)."""
+        gap = (self.reconstruct(theta) - theta).norm(dim=-1)
+        return gap / (theta - self.origin).norm(dim=-1).clamp_min(1e-12)
+
     def with_origin(self, origin: Tensor) -> "Subspace":
         """The same directions through another point (P-BFGS restarts from the initial weights)."""
         return Subspace(origin.to(self.basis), self.basis, self.explained_variance_ratio, self.singular_values)

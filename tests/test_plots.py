@@ -83,6 +83,27 @@ def test_bar_and_table():
         plots.table({"a": [1]})
 
 
+def test_trajectory_plane_path_start_end_and_equal_axes():
+    coords = torch.tensor([[0.0, 0.0], [1.0, 0.5], [3.0, 0.2], [4.0, -0.1]])
+    fig = plots.trajectory_plane(coords, [0, 10, 20, 30], title="t", xlabel="PC1 (90 %)", color_label="epoch")
+    path, start, end = fig.data
+    assert path.mode == "lines+markers" and list(path.marker.color) == [0, 10, 20, 30]
+    assert path.marker.colorbar.title.text == "epoch"
+    assert (start.name, start.x[0], start.y[0]) == ("start", 0.0, 0.0)
+    assert (end.name, end.x[0]) == ("end", 4.0) and end.y[0] == pytest.approx(-0.1)
+    assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.xaxis.title.text == "PC1 (90 %)"
+
+
+@pytest.mark.parametrize("coords, steps, match", [
+    (np.zeros((4, 3)), np.arange(4), "coords"),
+    (np.zeros((1, 2)), np.arange(1), "coords"),
+    (np.zeros((4, 2)), np.arange(3), "steps"),
+])
+def test_trajectory_plane_rejects_bad_input(coords, steps, match):
+    with pytest.raises(ValueError, match=match):
+        plots.trajectory_plane(coords, steps)
+
+
 def test_color_for_is_stable():
     assert plots.color_for("Adam") == plots.KNOWN_COLORS["Adam"] == plots.color_for("adam")
     assert len(set(plots.KNOWN_COLORS.values())) == len(plots.KNOWN_COLORS)

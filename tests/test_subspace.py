@@ -249,6 +249,34 @@ def test_with_origin_and_to():
     assert sub.to(dtype=F64).basis.dtype == F64
 
 
+def test_top_keeps_the_leading_directions_and_dldr_agrees():
+    x, _, _ = planted(30, 400, 6, offset=0.0, seed=5)
+    full = dldr(x, 6, origin=x[0])
+    three = full.top(3)
+    assert three.dim == 3 and three.origin is full.origin
+    assert torch.equal(three.basis, full.basis[:3])
+    assert torch.equal(three.explained_variance_ratio, full.explained_variance_ratio[:3])
+    # the top 3 of a 6-d DLDR are the 3-d DLDR (same eigendecomposition)
+    torch.testing.assert_close(three.basis, dldr(x, 3, origin=x[0]).basis, atol=1e-5, rtol=0)
+    assert random_subspace(9, 2).top(1).explained_variance_ratio is None
+    for bad in (0, 7, 2.5):
+        with pytest.raises(ValueError, match="d"):
+            full.top(bad)
+
+
+def test_relative_error_is_zero_inside_one_orthogonal_and_scale_free():
+    sub = random_subspace(40, 4, origin=torch.randn(40), seed=2)
+    inside = sub.lift(torch.randn(5, 4))
+    assert sub.relative_error(inside).abs().max() < 1e-5
+    normal = torch.randn(40)
+    normal = sub.orthogonal_part(normal)
+    torch.testing.assert_close(sub.relative_error(sub.origin + 3 * normal), torch.tensor(1.0), atol=1e-5, rtol=0)
+    # half in, half out: ‖out‖ / ‖in + out‖ (= 1/√2 for equal lengths)
+    part = sub.lift_delta(torch.tensor([1.0, 0, 0, 0])) + normal / normal.norm()
+    torch.testing.assert_close(sub.relative_error(sub.origin + 2 * part), torch.tensor(2 ** -0.5), atol=1e-5, rtol=0)
+    assert sub.relative_error(sub.origin[None]).item() == 0.0  # the origin itself: 0, not 0 / 0
+
+
 def test_random_subspace():
     a = random_subspace(200, 12, seed=3)
     assert a.basis.shape == (200, 12)[::-1] and a.basis.dtype == torch.float32

@@ -3,7 +3,7 @@
 The builders (:func:`curves`, :func:`bar`, :func:`table`; for landscapes
 :func:`landscape_contour` and :func:`landscape_surface`; for learned schedules and mixing
 :func:`lr_schedules`, :func:`mixing_areas` and :func:`layer_bars`; for symbolic regression
-:func:`pareto_fronts` and :func:`parity`) take plain arrays, dicts,
+:func:`pareto_fronts` and :func:`parity`; for a trajectory on a PCA plane :func:`trajectory_plane`) take plain arrays, dicts,
 DataFrames and the library's result objects (``LandscapeGrid``, ``Projection``) and compute
 nothing heavy: experiments produce the numbers, these only draw them.
 All figures share a template, a size, and a colour per optimizer name (:func:`color_for`), so
@@ -18,6 +18,7 @@ drives, started once per process; without one it warns once and keeps the HTML).
 ``panels``         ``curve_panels``: curves in side-by-side panels (tasks, metrics)
 ``landscapes``     ``landscape_contour``, ``landscape_surface`` with trajectories
 ``learned``        ``lr_schedules``, ``mixing_areas``, ``layer_bars``, ``pareto_fronts``, ``parity``
+``trajectories``   ``trajectory_plane`` (checkpoints on two principal directions, coloured by step)
 ``export``         ``save`` (HTML + PNG), the kaleido / Chromium export server, ``find_browser``
 =================  ===========================================================================
 
@@ -30,6 +31,7 @@ from .landscapes import landscape_contour, landscape_surface
 from .learned import layer_bars, lr_schedules, mixing_areas, pareto_fronts, parity
 from .panels import curve_panels
 from .style import HEIGHT, KNOWN_COLORS, TEMPLATE, WIDTH, color_for
+from .trajectories import trajectory_plane
 
 __all__ = [
     "TEMPLATE",
@@ -48,6 +50,7 @@ __all__ = [
     "layer_bars",
     "pareto_fronts",
     "parity",
+    "trajectory_plane",
     "save",
     "find_browser",
     "png_available",
