@@ -208,6 +208,16 @@ def test_fit_planes_pass_through_the_first_anchors_end_and_the_endpoints(model):
     assert torch.equal(rnd["random plane"].origin, theta)
 
 
+def test_check_plane_runs_refuses_the_endpoint_plane_without_the_papers_three_runs():
+    L.check_plane_runs("endpoints", None)
+    L.check_plane_runs("endpoints", ["SL2O", "Momentum", "Momentum†", "L3RS"])
+    L.check_plane_runs("pca", ["MLR-SNet"])
+    with pytest.raises(ValueError, match=r"leaves out \['Momentum†'\]"):
+        L.check_plane_runs("endpoints", ["SL2O", "Momentum"])
+    with pytest.raises(ValueError, match="not known"):
+        L.check_plane_runs("diagonal", None)
+
+
 def test_residual_table_is_zero_on_the_plane_and_the_distance_off_it():
     runs = line_runs()
     off = runs["Momentum"].clone()

@@ -45,8 +45,8 @@ and computes the residual and fidelity tables, the grid span, the summary and th
 from .grids import LandscapeGrid, Interpolation, auto_chunk_size, grid, grid_values_at, interpolate
 from .planes import Plane, Projection, filter_normalized_direction, pca_plane, plane_through, project, random_plane
 from .sources import Fallback, LearnedOptimizers, learned_optimizers, train_small_mlrsnet, train_small_sl2o
-from .tables import (PLANES, axis_angle, axis_labels, fidelity_table, findings_text, fit_planes, loss_table,
-                     plane_anchors, plane_name, project_all, residual_table, span_for, summary_rows)
+from .tables import (PLANES, axis_angle, axis_labels, check_plane_runs, fidelity_table, findings_text, fit_planes,
+                     loss_table, plane_anchors, plane_name, project_all, residual_table, span_for, summary_rows)
 from .trajectories import (OPTIMIZERS, PAPER_RUNS, l3rs_optimizer, mlrsnet_sgd, record_flat, record_module,
                            record_runs, select_runs)
 
@@ -67,6 +67,6 @@ __all__ = [
     "Fallback", "LearnedOptimizers", "learned_optimizers", "train_small_sl2o", "train_small_mlrsnet",
     "OPTIMIZERS", "PAPER_RUNS", "record_flat", "record_module", "mlrsnet_sgd", "l3rs_optimizer", "select_runs",
     "record_runs",
-    "PLANES", "plane_anchors", "fit_planes", "plane_name", "axis_angle", "project_all", "residual_table", "fidelity_table", "span_for",
+    "PLANES", "plane_anchors", "fit_planes", "plane_name", "check_plane_runs", "axis_angle", "project_all", "residual_table", "fidelity_table", "span_for",
     "loss_table", "axis_labels", "summary_rows", "findings_text",
 ]

@@ -19,7 +19,7 @@ from ..functional import FlatModel
 from .planes import Plane, Projection, pca_plane, plane_through, project, random_plane
 from .trajectories import PAPER_RUNS
 
-__all__ = ["PLANES", "plane_anchors", "fit_planes", "plane_name", "axis_angle", "project_all", "residual_table", "fidelity_table", "span_for",
+__all__ = ["PLANES", "plane_anchors", "fit_planes", "plane_name", "check_plane_runs", "axis_angle", "project_all", "residual_table", "fidelity_table", "span_for",
            "loss_table", "axis_labels", "summary_rows", "findings_text"]
 
 #: The planes a landscape figure can use: the notebook's ``plane`` knob -> the plane's name.
@@ -67,6 +67,21 @@ def plane_name(plane: str, planes: Mapping[str, Plane], anchors: Sequence[str]) 
         raise ValueError(f"plane={plane!r}: the {PLANES[plane]} is not available with the runs {list(anchors)} "
                          f"(the endpoint plane needs three runs to pass through)")
     return PLANES[plane]
+
+
+def check_plane_runs(plane: str, runs: Sequence[str] | None) -> None:
+    """Refuse, before any work, a ``plane`` the runs ``runs`` (``None``: all) cannot give: the
+    endpoint plane passes through the endpoints of the paper's three runs, so ``runs`` must hold them.
+
+    Raises:
+        ValueError: an unknown ``plane``, or ``"endpoints"`` with one of :data:`PAPER_RUNS` left out.
+    """
+    if plane not in PLANES:
+        raise ValueError(f"plane={plane!r} is not known; choose from {list(PLANES)}")
+    missing = [r for r in PAPER_RUNS if runs is not None and r not in runs]
+    if plane == "endpoints" and missing:
+        raise ValueError(f"plane='endpoints' passes through the endpoints of {list(PAPER_RUNS)}; runs={list(runs)} "
+                         f"leaves out {missing} (add them, or use plane='pca' or 'random')")
 
 
 def axis_angle(plane: Plane) -> float:
