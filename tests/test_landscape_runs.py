@@ -264,7 +264,7 @@ def test_loss_table_summary_and_findings_follow_the_numbers():
     assert rows[3]["metric"] == "max residual / ‖W0 − origin‖ (PCA plane)" and rows[-1]["value"] == 0.12
     text = L.findings_text(loss, res, "PCA plane", anchors=["Momentum", "Momentum†", "SL2O"], steps=4, explained=0.97,
                            sl2o_source="a test", resolution=11, grid_seconds=0.1, device="cpu")
-    assert "SL2O 0.9000, Momentum† 1.2000, Momentum 1.5000" in text and "faithful" in text and "97.0%" in text
+    assert "SL2O 0.9000, Momentum† 1.2000, Momentum 1.5000" in text and "faithful" in text and "97.0% of the three" in text
     res.loc[res["optimizer"] == "Momentum", "max residual / ‖W0 − origin‖"] = 0.7
     text = L.findings_text(loss, res, "PCA plane", anchors=["SL2O"], steps=4, explained=0.97, sl2o_source="a test",
                            resolution=11, grid_seconds=0.1, device="cpu")

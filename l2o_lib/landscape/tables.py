@@ -168,6 +168,10 @@ def summary_rows(true_loss: Mapping[str, np.ndarray], residuals: pd.DataFrame, p
     return rows
 
 
+def _count(n: int) -> str:
+    return {1: "one", 2: "two", 3: "three"}.get(n, str(n))
+
+
 def findings_text(true_loss: Mapping[str, np.ndarray], residuals: pd.DataFrame, plane_name: str, *, anchors: Sequence[str],
                   steps: int, explained: float, sl2o_source: str, resolution: int, grid_seconds: float,
                   device) -> str:
@@ -181,6 +185,6 @@ def findings_text(true_loss: Mapping[str, np.ndarray], residuals: pd.DataFrame, 
                "read the contours near that run with care (the fidelity table above gives the loss gap).")
     return (f"After {steps} steps from the same start, the training loss on the evaluation batch is "
             + ", ".join(f"{n} {end[n]:.4f}" for n in order) + f" (lowest first; SL2O from {sl2o_source}). "
-            f"The PCA plane keeps {explained:.1%} of the {len(anchors)} trajectories' variance, and the largest "
+            f"The PCA plane keeps {explained:.1%} of the {_count(len(anchors))} trajectories' variance, and the largest "
             f"distance of a run from the {plane_name} is {res.max():.2f} × ‖W0 − origin‖ ({res.idxmax()}): "
             + verdict + f" A {resolution}×{resolution} grid took {grid_seconds:.1f} s on {device}.")
