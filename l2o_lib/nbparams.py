@@ -283,7 +283,13 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
                       long_generations=COUNT, long_seeds=COUNT, long_tasks=COUNT, threads=COUNT_OR_NONE,
                       resume=FLAG)),
     "06_landscapes": NotebookSpec(
-        params=dict(seed=SEED, steps=COUNT, device=DEVICE, trained_from=text()),
+        # runs: None (all available) or some of l2o_lib.landscape.OPTIMIZERS (named here so that a CLI error
+        # does not wait for torch; tests/test_nbparams.py keeps the two lists equal).
+        params=dict(seed=SEED, steps=COUNT, device=DEVICE, trained_from=text(),
+                    runs=Rule(lambda v: None if v is None else sequence(
+                        one_of("Momentum", "Momentum†", "SL2O", "MLR-SNet", "L3RS"),
+                        "run names: Momentum, Momentum†, SL2O, MLR-SNet, L3RS (or None: all)").reason(v)),
+                    plane=one_of("pca", "endpoints", "random")),
         settings=dict(dataset=DATASET, model=MODEL, n_train=COUNT_OR_NONE, n_eval=COUNT, resolution=integer(3),
                       margin=LR, interp_steps=integer(2), lr_momentum=LR, lr_dagger=LR, threads=COUNT_OR_NONE,
                       surface_png=FLAG, fallback_epochs=COUNT, fallback_tasks=COUNT, fallback_task_steps=COUNT,

@@ -34,10 +34,21 @@ the gain, and cache-sized on the CPU, where bigger chunks were measured to be sl
 plane whose directions need not be orthogonal: with ``B = [d1; d2]`` (2 × D) and
 ``x = θ_t - origin`` it solves the 2 × 2 normal equations ``(B Bᵀ) c = B x``, and reports the
 distance ``‖x - Bᵀ c‖`` from the plane.
+
+**A landscape figure's runs** (notebook 06). :mod:`.sources` loads the learned optimizers notebooks
+03-05 saved, or trains small ones (:func:`learned_optimizers`); :mod:`.trajectories` records every
+run from the same start ``W0`` on the same batches (:func:`record_flat`, :func:`record_module`,
+:func:`record_runs`); :mod:`.tables` fits the planes to the paper's three runs (:func:`fit_planes`)
+and computes the residual and fidelity tables, the grid span, the summary and the findings text.
 """
 
 from .grids import LandscapeGrid, Interpolation, auto_chunk_size, grid, grid_values_at, interpolate
 from .planes import Plane, Projection, filter_normalized_direction, pca_plane, plane_through, project, random_plane
+from .sources import Fallback, LearnedOptimizers, learned_optimizers, train_small_mlrsnet, train_small_sl2o
+from .tables import (PLANES, axis_angle, axis_labels, check_plane_runs, fidelity_table, findings_text, fit_planes,
+                     loss_table, plane_anchors, plane_name, project_all, residual_table, span_for, summary_rows)
+from .trajectories import (OPTIMIZERS, PAPER_RUNS, l3rs_optimizer, mlrsnet_sgd, record_flat, record_module,
+                           record_runs, select_runs)
 
 __all__ = [
     "Plane",
@@ -53,4 +64,9 @@ __all__ = [
     "grid_values_at",
     "project",
     "auto_chunk_size",
+    "Fallback", "LearnedOptimizers", "learned_optimizers", "train_small_sl2o", "train_small_mlrsnet",
+    "OPTIMIZERS", "PAPER_RUNS", "record_flat", "record_module", "mlrsnet_sgd", "l3rs_optimizer", "select_runs",
+    "record_runs",
+    "PLANES", "plane_anchors", "fit_planes", "plane_name", "check_plane_runs", "axis_angle", "project_all", "residual_table", "fidelity_table", "span_for",
+    "loss_table", "axis_labels", "summary_rows", "findings_text",
 ]
