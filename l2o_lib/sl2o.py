@@ -377,6 +377,7 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
     start, extra = resume_meta(run, kind="sl2o", module=rule, optimizer=optimizer, guard=guard, total_name="epochs",
                                total=epochs, map_location=device)
     history, best = (MetaHistory(), None) if extra is None else (MetaHistory.from_dict(extra["history"]), extra["best"])
+    _check_resumed_selection(history, select)
     bar = progress(range(start, epochs), total=epochs, initial=start, desc=desc)
     clock = time.perf_counter() - history.seconds
     prior_events = list(history.events)
@@ -439,6 +440,15 @@ def _check_meta_train_args(rule: LSTMRule, problem: Problem, *, epochs: int, ste
     check_finite_data("problem.train[0] (the training inputs)", problem.train[0])
     if problem.val is not None:
         check_finite_data("problem.val[0] (the validation inputs)", problem.val[0])
+
+
+def _check_resumed_selection(history: MetaHistory, select: str) -> None:
+    """A resumed run keeps the selection it started with: its best epoch so far was ranked by it."""
+    if history.epoch_val_loss:
+        started = "mean_val" if len(history.epoch_val_mean) == len(history.epoch_val_loss) else "final_val"
+        if started != select:
+            raise ValueError(f"select={select!r} cannot resume this run: its {len(history.epoch_val_loss)} epochs were "
+                             f"scored with select={started!r}; pass select={started!r} or start the run again")
 
 
 def _score_epoch(rule: LSTMRule, problem: Problem, z: Tensor, epoch: int, history: MetaHistory,

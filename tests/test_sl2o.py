@@ -215,6 +215,17 @@ def test_resume_keeps_the_guards_reference_loss(task, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_a_run_resumes_only_with_the_selection_it_started_with(task, tmp_path):
+    p = problem(task)
+    meta_train(LSTMRule(), p, epochs=1, steps_per_task=10, unroll=10, select="final_val",
+               run=Run("sel", root=tmp_path, params={"x": 1}))
+    with pytest.raises(ValueError, match="select='mean_val' cannot resume.*select='final_val'"):
+        meta_train(LSTMRule(), p, epochs=2, steps_per_task=10, unroll=10, run=Run("sel", root=tmp_path))
+    history = meta_train(LSTMRule(), p, epochs=2, steps_per_task=10, unroll=10, select="final_val",
+                         run=Run("sel", root=tmp_path))
+    assert len(history.epoch_val_loss) == 2 and history.epoch_val_mean == []
+
+
 def test_fewer_epochs_than_the_run_holds_is_refused(task, tmp_path):
     p = problem(task)
     meta_train(LSTMRule(), p, epochs=3, steps_per_task=10, unroll=10, run=Run("few", root=tmp_path, params={"x": 1}))
