@@ -8,8 +8,9 @@ import torch
 
 from l2o_lib.data import load_dataset
 from l2o_lib.finetuning import TaskFamily, pretrain_backbone
+from l2o_lib.claims import speedup_by_seed
 from l2o_lib.l3rs import (BASE_LABELS, BASES, L3RSConfig, init_phi, level_targets, metric_curve, population_losses,
-                          speedup_by_level)
+                          steps_by_level)
 from l2o_lib.training import History
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,24 +36,26 @@ def test_level_targets_move_from_the_start_to_the_final_value():
         level_targets(base, "loss", 0.0)
 
 
-def test_speedup_by_level_counts_each_level_and_censors_runs_that_never_get_there():
+def test_steps_by_level_count_each_level_and_keep_runs_that_never_get_there():
     base = [_hist([1.0, .8, .6, .4, .2], [.2, .4, .6, .7, .8], STEPS)] * 2
     fast = [_hist([1.0, .6, .2, .2, .2], [.2, .6, .8, .8, .8], STEPS)] * 2     # fast early, level at the end
     stuck = [_hist([1.0, .6, .5, .5, .5], [.2, .6, .6, .6, .6], STEPS)] * 2    # fast early, never reaches the end
     hist = {"base": base, "fast": fast, "stuck": stuck}
-    rows = speedup_by_level(hist, methods={0: "fast", 1: "stuck"}, baseline="base", metric="loss",
-                            fractions=(0.5, 1.0), horizon=8)
-    # q = 0.5: target 0.6, base at step 4, both methods at step 2: ratio 2 for both seeds
-    assert rows[0]["fraction"] == 0.5 and rows[0]["ratios"] == {0: 2.0, 1: 2.0} and rows[0]["bound"] == "exact"
-    # q = 1: target 0.2, base at 8, "fast" at 4 (ratio 2), "stuck" never (counted as the horizon 8: ratio 1)
-    assert rows[1]["ratios"] == {0: 2.0, 1: 1.0} and rows[1]["censored"] == 2 and rows[1]["bound"] == "upper"
-    assert rows[1]["mean"] == pytest.approx(1.5)
-    acc = speedup_by_level(hist, methods={0: "fast"}, baseline="base", metric="accuracy", fractions=(1.0,), horizon=8)
-    assert acc[0]["ratios"] == {0: 2.0}    # 0.8 at step 4 vs 8
+    rows = steps_by_level(hist, methods={0: "fast", 1: "stuck"}, baseline="base", metric="loss", fractions=(0.5, 1.0))
+    # q = 0.5: target 0.6, the baseline there at step 4, both methods at step 2
+    assert rows[0]["fraction"] == 0.5 and rows[0]["targets"] == [pytest.approx(0.6)] * 2
+    assert rows[0]["baseline"] == [4, 4] and rows[0]["methods"] == {0: [2, 2], 1: [2, 2]}
+    # q = 1: target 0.2, the baseline at 8, "fast" at 4, "stuck" never (None: censored, kept)
+    assert rows[1]["baseline"] == [8, 8] and rows[1]["methods"] == {0: [4, 4], 1: [None, None]}
+    # the notebook's speed-up from them: a never-reached run counts as the horizon (ratio 8 / 8 = 1)
+    s = speedup_by_seed(rows[1]["methods"], rows[1]["baseline"], horizon=8)
+    assert s["ratios"] == {0: 2.0, 1: 1.0} and s["bound"] == "upper" and s["mean"] == pytest.approx(1.5)
+    acc = steps_by_level(hist, methods={0: "fast"}, baseline="base", metric="accuracy", fractions=(1.0,))
+    assert acc[0]["baseline"] == [8, 8] and acc[0]["methods"] == {0: [4, 4]}    # 0.8 at step 4 vs 8
     with pytest.raises(ValueError, match="lack"):
-        speedup_by_level(hist, methods={0: "nobody"}, baseline="base", horizon=8)
+        steps_by_level(hist, methods={0: "nobody"}, baseline="base")
     with pytest.raises(ValueError, match="metric"):
-        speedup_by_level(hist, methods={0: "fast"}, baseline="base", metric="error", horizon=8)
+        steps_by_level(hist, methods={0: "fast"}, baseline="base", metric="error")
 
 
 def test_metric_curve_is_the_mean_and_std_over_runs():

@@ -1,5 +1,5 @@
 """Speed-up as a function of the target level and the mean curve of a metric over runs, for the
-meta-test figures of notebook 05 (:func:`level_targets`, :func:`speedup_by_level`,
+meta-test figures of notebook 05 (:func:`level_targets`, :func:`steps_by_level`,
 :func:`metric_curve`).
 
 :func:`~l2o_lib.l3rs.speedup_records` asks how much sooner L3RS reaches the best baseline's *final*
@@ -9,8 +9,9 @@ starting value towards its final one,
 
     target_q = start + q * (final - start),   q in (0, 1],
 
-per task, and the speed-up at each level ``q`` is counted as in the notebook (runs that never reach
-the target counted as the horizon, never dropped: :func:`l2o_lib.claims.speedup_by_seed`)."""
+per task; :func:`steps_by_level` gives the steps to each level, which
+:func:`l2o_lib.claims.speedup_by_seed` turns into the speed-up as in the notebook (runs that never reach
+the target counted as the horizon, never dropped; ``claims`` sits a layer above this package)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..config import check_choice, check_int
+from ..config import check_choice
 from ..training import History
 from .compare import _curve
 
-__all__ = ["level_targets", "speedup_by_level", "metric_curve"]
+__all__ = ["level_targets", "steps_by_level", "metric_curve"]
 
 
 def _check_fractions(fractions: Sequence[float]) -> list[float]:
@@ -60,31 +61,27 @@ def _steps(h: History, metric: str, target: float) -> int | None:
     return None if hit is None else int(h.eval_steps[hit])
 
 
-def speedup_by_level(histories: Mapping[str, Sequence[History]], *, methods: Mapping[Any, str], baseline: str,
-                     metric: str = "loss", fractions: Sequence[float] = (0.25, 0.5, 0.75, 0.9, 1.0),
-                     horizon: int) -> list[dict]:
-    """The speed-up of each method seed over ``baseline`` at several target levels.
+def steps_by_level(histories: Mapping[str, Sequence[History]], *, methods: Mapping[Any, str], baseline: str,
+                   metric: str = "loss", fractions: Sequence[float] = (0.25, 0.5, 0.75, 0.9, 1.0)) -> list[dict]:
+    """The steps the baseline and each method seed need to reach several target levels, per task.
 
     Args:
         histories: ``{name: [History per task]}`` of :func:`~l2o_lib.l3rs.compare_methods` (the same
             tasks, in the same order, for every name; ``test_curve=True`` for ``"accuracy"``).
         methods: ``{seed key: method name}``, e.g. one L3RS per meta-training seed.
-        baseline: the baseline's name; its curve on each task sets that task's targets.
+        baseline: the baseline's name; its curve on each task sets that task's targets
+            (:func:`level_targets`).
         metric: ``"loss"`` (lower is better) or ``"accuracy"`` (higher is better).
         fractions: the levels ``q`` (in ``(0, 1]``; 1 is the baseline's final value, the notebook's
             main speed-up).
-        horizon: the run length, what a run that never reaches a target counts as.
 
     Returns:
-        one dict per level: ``fraction``, ``mean`` / ``std`` / ``interval`` over the method seeds,
-        ``ratios`` (per seed), ``bound`` (``"exact"``, ``"lower"``, ``"upper"``, ``"unknown"``: see
-        :func:`l2o_lib.claims.speedup_by_seed`) and ``censored`` (runs of the methods that never
-        reached the target, over all seeds and tasks).
+        one dict per level: ``fraction``, ``targets`` (per task), ``baseline`` (its step counts per
+        task) and ``methods`` (``{seed key: step counts per task}``); ``None`` is a run that never
+        reached the target, to count as the horizon, never to drop: pass ``methods`` and ``baseline``
+        to :func:`l2o_lib.claims.speedup_by_seed` for the speed-up per seed and over seeds.
     """
-    from ..claims import speedup_by_seed
-
     check_choice("metric", metric, ("loss", "accuracy"))
-    check_int("horizon", horizon)
     if not methods:
         raise ValueError("methods must hold at least one method seed")
     missing = [n for n in (baseline, *methods.values()) if n not in histories]
@@ -93,12 +90,10 @@ def speedup_by_level(histories: Mapping[str, Sequence[History]], *, methods: Map
     rows = []
     for q in _check_fractions(fractions):
         targets = level_targets(histories[baseline], metric, q)
-        base = [_steps(h, metric, t) for h, t in zip(histories[baseline], targets)]
-        ours = {key: [_steps(h, metric, t) for h, t in zip(histories[name], targets)] for key, name in methods.items()}
-        s = speedup_by_seed(ours, base, horizon=horizon)
-        rows.append({"fraction": q, "mean": s["mean"], "std": s["std"], "interval": s["interval"],
-                     "ratios": s["ratios"], "bound": s["bound"],
-                     "censored": sum(v is None for steps in ours.values() for v in steps)})
+        rows.append({"fraction": q, "targets": targets,
+                     "baseline": [_steps(h, metric, t) for h, t in zip(histories[baseline], targets)],
+                     "methods": {key: [_steps(h, metric, t) for h, t in zip(histories[name], targets)]
+                                 for key, name in methods.items()}})
     return rows
 
 
