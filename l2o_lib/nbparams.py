@@ -238,6 +238,18 @@ def _cap_03(S: dict, d: int) -> str | None:
     return None
 
 
+def _l3rs_bases() -> Rule:
+    """``None`` (the paper's set) or a non-empty list of distinct base-optimizer names from
+    :data:`l2o_lib.l3rs.BASES` holding ``"adam"`` (notebook 05's Adam-share claims read its share)."""
+    def reason(v):
+        from .l3rs.phi import BASES  # imported when first needed, as the registries above
+        if v is None or (isinstance(v, (list, tuple)) and v and all(isinstance(b, str) and b in BASES for b in v)
+                         and len(set(v)) == len(v) and "adam" in v):
+            return None
+        return f"must be None or a non-empty list of distinct names from {list(BASES)} that holds 'adam'"
+    return Rule(reason)
+
+
 _LR_GRID = sequence(LR, "finite numbers > 0")
 _COUNTS = sequence(COUNT, "integers >= 1")
 
@@ -266,15 +278,17 @@ NOTEBOOKS: dict[str, NotebookSpec] = {
                       transfer_seeds=COUNT, d=COUNT, eval_every=COUNT),
         cap=_cap_03),
     "04_mlrsnet": NotebookSpec(
-        params=dict(seed=SEED, meta_seeds=COUNT_OR_NONE, protocol=one_of("paper", "strong", "both"), device=DEVICE),
+        params=dict(seed=SEED, meta_seeds=COUNT_OR_NONE, protocol=one_of("paper", "strong", "both"),
+                    meta_lr=positive(none=True), hidden=COUNT_OR_NONE, device=DEVICE),
         settings=dict(dataset=DATASET, model=MODEL, n_train=COUNT_OR_NONE, steps=COUNT, t_val=COUNT, t_val_paper=COUNT,
-                      n_val=COUNT, batch=COUNT, seeds=COUNT, meta_seeds=COUNT, sgd_lrs=_LR_GRID, adam_lrs=_LR_GRID,
-                      hd_hyper_lrs=_LR_GRID, paper_lr=LR,
+                      n_val=COUNT, batch=COUNT, seeds=COUNT, meta_seeds=COUNT, meta_lr=LR, hidden=COUNT,
+                      sgd_lrs=_LR_GRID, adam_lrs=_LR_GRID, hd_hyper_lrs=_LR_GRID, paper_lr=LR,
                       eval_every=COUNT, threads=COUNT_OR_NONE, augment=FLAG, resume=FLAG,
                       transfer=tuples(6, "(name, dataset, model, steps factor, corruption, re-tune) tuples",
                                       dataset_at=1, model_at=2))),
     "05_l3rs": NotebookSpec(
-        params=dict(seed=SEED, meta_seeds=COUNT_OR_NONE, protocol=one_of("paper", "strong", "both"), device=DEVICE),
+        params=dict(seed=SEED, meta_seeds=COUNT_OR_NONE, protocol=one_of("paper", "strong", "both"),
+                    base_optimizers=_l3rs_bases(), device=DEVICE),
         settings=dict(dataset=DATASET, model=MODEL, model_kwargs=mapping(), n_source=COUNT, k=integer(2),
                       n_task=COUNT_OR_NONE, pretrain_steps=COUNT, pretrain_lr=LR, steps=COUNT, min_steps=COUNT,
                       eval_size=COUNT, batch=COUNT, pairs=COUNT, generations=COUNT, sigma=LR, meta_lr=LR,

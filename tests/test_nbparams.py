@@ -111,6 +111,12 @@ BAD = [  # (notebook, params, profile, words the message must contain)
     ("04_mlrsnet", {"overrides": {"t_val": 2.0}}, "ci", ["overrides['t_val']=2.0"]),
     ("05_l3rs", {"overrides": {"k": 1}}, "ci", ["overrides['k']=1", ">= 2"]),
     ("05_l3rs", {"overrides": {"sigma": -0.1}}, "ci", ["overrides['sigma']"]),
+    ("05_l3rs", {"base_optimizers": ["sgd", "adam", "rmsprop"]}, "ci", ["base_optimizers=", "'lion'", "'lamb'", "'adamax'"]),
+    ("05_l3rs", {"base_optimizers": ["sgd", "lion"]}, "ci", ["base_optimizers=", "holds 'adam'"]),
+    ("05_l3rs", {"base_optimizers": ["adam", "adam"]}, "ci", ["base_optimizers=", "distinct"]),
+    ("05_l3rs", {"base_optimizers": "adam"}, "ci", ["base_optimizers='adam'"]),
+    ("04_mlrsnet", {"meta_lr": 0.0}, "ci", ["meta_lr=0.0", "> 0 or None"]),
+    ("04_mlrsnet", {"hidden": 0}, "ci", ["hidden=0", "integer >= 1 or None"]),
     ("06_landscapes", {"steps": 0}, "ci", ["steps=0", "06_landscapes"]),
     ("06_landscapes", {"trained_from": ""}, "ci", ["trained_from=''"]),
     ("06_landscapes", {"runs": ["Adam"]}, "ci", ["runs=['Adam']", "Momentum†"]),
@@ -148,6 +154,8 @@ def test_good_parameters_pass():
     # more checkpoints allow a larger d
     assert check_notebook_params("03_sl2o", {"d": 30, "overrides": {"per_epoch": 4}}, profile="ci")
     assert check_notebook_params("02_pbfgs", {"overrides": {"d": 12}}, profile="ci")
+    assert check_notebook_params("05_l3rs", {"base_optimizers": ["sgd", "adam", "lion"]}, profile="ci")
+    assert check_notebook_params("04_mlrsnet", {"meta_lr": 1e-2, "hidden": 8}, profile="ci")
 
 
 def test_runner_checks_declared_notebooks_only(tmp_path):

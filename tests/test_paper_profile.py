@@ -62,7 +62,7 @@ SHRINK = {
         # re-tuned, blurred CIFAR-10 source-tuned); 2x epochs and ResNet-34 would double the notebook's time.
         folders=[SMALL10, SMALL100], parameters=dict(meta_seeds=1, protocol="both"),
         overrides=dict(n_train=None, steps=3, t_val=1, t_val_paper=1, n_val=4, batch=2, seeds=1, meta_seeds=1,
-                       sgd_lrs=[0.1], adam_lrs=[1e-3], hd_hyper_lrs=[1e-4], eval_every=3, resume=False,
+                       hidden=8, sgd_lrs=[0.1], adam_lrs=[1e-3], hd_hyper_lrs=[1e-4], eval_every=3, resume=False,
                        transfer=lambda S: [t for t in S["transfer"] if t[2] == S["model"] and t[3] == 1])),
     "05_l3rs": dict(
         # ResNet-18 pretrained on the paper's 40 classes, fine-tuned on its 25-class tasks of one image per class

@@ -50,6 +50,7 @@ def test_curves_traces_names_and_bands():
     bands = [t for t in fig.data if t.fill == "toself"]
     assert [t.name for t in lines] == ["Adam", "SGD", "mine"]
     assert len(bands) == 2 and len(fig.data) == 5
+    assert all(t.mode == "lines" for t in fig.data)   # no marker dots on short curves or their bands
     assert lines[0].line.color == plots.color_for("Adam")
     assert fig.layout.yaxis.type == "log" and fig.layout.template.layout.to_plotly_json()  # template set
     assert (fig.layout.width, fig.layout.height) == (plots.WIDTH, plots.HEIGHT)

@@ -67,6 +67,9 @@ What is here (a package; every name below imports from ``l2o_lib.l3rs``):
 ``compare``    :func:`baseline_factories`, :data:`PAPER_LRS`, :func:`tune_baselines`,
                :func:`best_baseline`, :func:`compare_methods`, :func:`speedup_records` (on training
                loss or test accuracy), :func:`share_ends` (Adam share, first vs last tenth)
+``targets``    :func:`steps_by_level` (the steps to targets between a baseline's start and
+               its final value, :func:`level_targets`) and :func:`metric_curve` (mean ± std of
+               the evaluated loss or accuracy over runs)
 =============  ===============================================================================
 
 Fine-tuning tasks (:class:`~l2o_lib.finetuning.TaskFamily`): a backbone is pretrained on source
@@ -82,13 +85,15 @@ from .compare import (PAPER_LRS, baseline_factories, best_baseline, compare_meth
                       tune_baselines)
 from .fitness import (FITNESSES, eval_batch, generation_tasks, make_fitness, population_fitness, population_losses,
                       population_run, tuple_map)
-from .phi import BASES, L3RSConfig, Trained, feature_names, features_dim, init_phi, unpack_phi
+from .phi import BASE_LABELS, BASES, L3RSConfig, Trained, feature_names, features_dim, init_phi, unpack_phi
+from .targets import level_targets, metric_curve, steps_by_level
 from .transform import L3RS, L3RSState, combine, l3rs, policy
 
 __all__ = [
-    "BASES", "feature_names", "L3RSConfig", "L3RSState", "init_phi", "unpack_phi", "policy", "combine", "l3rs", "L3RS",
+    "BASES", "BASE_LABELS", "feature_names", "L3RSConfig", "L3RSState", "init_phi", "unpack_phi", "policy", "combine", "l3rs", "L3RS",
     "features_dim", "population_losses", "population_run", "population_fitness", "FITNESSES", "eval_batch",
     "generation_tasks", "make_fitness", "tuple_map", "baseline_factories", "PAPER_LRS", "tune_baselines",
-    "best_baseline", "compare_methods", "speedup_records", "share_ends", "Trained",
+    "best_baseline", "compare_methods", "speedup_records", "share_ends", "Trained", "level_targets",
+    "steps_by_level", "metric_curve",
     "pretrain_backbone", "TaskFamily", "family_from_setup",
 ]

@@ -15,9 +15,13 @@ from torch import Tensor
 
 from ..config import check_choice, check_int, check_positive, check_probability, check_seed
 
-__all__ = ["BASES", "L3RSConfig", "features_dim", "init_phi", "unpack_phi", "feature_names", "Trained"]
+__all__ = ["BASES", "BASE_LABELS", "L3RSConfig", "features_dim", "init_phi", "unpack_phi", "feature_names", "Trained"]
 
 BASES = ("sgd", "adam", "lion", "lamb", "adamax", "weight_decay")
+
+#: How figures and tables name each base optimizer.
+BASE_LABELS = {"sgd": "SGD", "adam": "Adam", "lion": "Lion", "lamb": "LAMB", "adamax": "Adamax",
+               "weight_decay": "weight decay"}
 
 
 # --------------------------------------------------------------------------- configuration

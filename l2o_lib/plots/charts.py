@@ -78,6 +78,7 @@ def curves(
                 x=np.concatenate([x, x[::-1]]),
                 y=np.concatenate([upper, lower[::-1]]),
                 fill="toself",
+                mode="lines",  # plotly's default adds markers under 20 points: dots on the band's outline
                 fillcolor=_rgba(color, 0.18),
                 line=dict(width=0),
                 hoverinfo="skip",
