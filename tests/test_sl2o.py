@@ -277,7 +277,7 @@ def test_mean_val_selects_the_epoch_with_the_lowest_mean_validation_loss(task):
 def test_mean_val_prefers_the_fast_rule_to_the_one_with_the_lower_end(task, monkeypatch):
     # Epoch 0's rule ends lower but gets there late; epoch 1's is low all along: mean_val keeps epoch 1.
     curves = iter([([1.0, 0.1], 0.9), ([0.2, 0.15], 0.8)])
-    monkeypatch.setattr("l2o_lib.sl2o.selection_curve", lambda *args, **kwargs: next(curves))
+    monkeypatch.setattr("l2o_lib.sl2o.meta_training.selection_curve", lambda *args, **kwargs: next(curves))
     history = meta_train(LSTMRule(scale=0.3), problem(task), epochs=2, steps_per_task=10, unroll=10)
     assert history.epoch_val_mean == [pytest.approx(0.55), pytest.approx(0.175)]
     assert history.epoch_val_loss == [0.1, 0.15] and history.best_epoch == 1

@@ -1,21 +1,10 @@
-"""SL2O (Chen et al.): a coordinate-wise LSTM optimizer acting on subspace coordinates.
+"""Meta-training SL2O by truncated back-propagation through time (Algorithm 1).
 
-The learned optimizer is :mod:`~l2o_lib.rnnprop`'s :class:`~l2o_lib.rnnprop.LSTMRule` seeing the
-RNNprop features of Lv et al. (:func:`~l2o_lib.rnnprop.rnnprop`; both, and ``RNNpropState``, are
-re-exported here). Acting on the d coordinates of a :class:`~l2o_lib.subspace.Subspace`
-(``W = W0 + zᵀ P``) is SL2O; acting on every parameter of a small model is plain L2O.
-
-Pieces, from the core outwards:
-
-* :func:`sl2o`: ``dagger(rnnprop(rule), subspace)``; :class:`SL2O`: the ``torch.optim`` adapter;
-* :func:`meta_train`: truncated-BPTT meta-training (Algorithm 1): tasks of ``steps_per_task``
-  inner steps, a meta-step every ``unroll`` steps on the summed training losses, Adam on the
-  rule's weights, first- or second-order meta-gradients, K tasks per meta-step, a divergence
-  guard, per-task checkpoints and the selection of the best weights on a validation split (the paper
-  selects by test loss; selecting on the reported split would inflate it).
-
-Differences from the public reference code (see DESIGN.md): no hard stop after 10k steps, one
-LSTM cell definition, and the paper's convergence-step metric in :mod:`~l2o_lib.metrics`.
+:func:`run_task` is the inner loop (tasks of ``steps`` inner steps, truncated every ``unroll``),
+:func:`meta_train` steps Adam on the rule's weights at every unroll with a divergence guard and
+per-task checkpoints, and keeps the weights of the best epoch on a validation split
+(:func:`selection_curve`; the paper selects by test loss, selecting on the reported split would
+inflate it); :func:`meta_gradient` returns one unroll's meta-gradient, for tests and studies.
 
 First-order meta-gradients treat the optimizee's gradient as a constant input (the reference
 does the same by reading ``p.grad.data``). Then ``∂L(z_t)/∂φ = g_tᵀ ∂z_t/∂φ`` exactly, so the
@@ -30,175 +19,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 
-from .config import check_choice, check_int, check_positive, check_seed
-from .finite import check_finite_data
-from .functional import FlatModel
-from .meta import DivergenceGuard, GuardEvent, resume_meta, save_meta
-from .optim.adapter import FlatOptimizer
-from .optim.base import Transform
-from .lora import LoRASpace, lora_dagger
-from .rnnprop import LSTMRule, RNNpropState, Rule, rnnprop
-from .subspace import Subspace, dagger
-from .tasks import Task
-from .training import progress
-
-# LSTMRule, RNNpropState and rnnprop live in l2o_lib.rnnprop; re-exported because notebooks import them from here.
-__all__ = ["LSTMRule", "RNNpropState", "rnnprop", "sl2o", "SL2O", "Problem", "MetaHistory", "run_task",
-           "step_on_unroll", "meta_train", "meta_gradient", "selection_curve", "SELECTION_SEED", "Trained"]
-
-
-def sl2o(rule: Rule, subspace: Subspace | LoRASpace | None = None, **kwargs) -> Transform:
-    """SL2O: :func:`~l2o_lib.rnnprop.rnnprop` (``kwargs`` are its options) on the coordinates of ``subspace`` (a DLDR /
-    random :class:`~l2o_lib.subspace.Subspace` or LoRA coordinates); plain L2O when ``None``."""
-    inner = rnnprop(rule, **kwargs)
-    if subspace is None:
-        return inner
-    return lora_dagger(inner, subspace) if isinstance(subspace, LoRASpace) else dagger(inner, subspace)
-
-
-class SL2O(FlatOptimizer):
-    """The learned optimizer as a ``torch.optim.Optimizer`` over an ordinary model.
-
-    Args:
-        params: the model's parameters, in the order the subspace was built on (a single group).
-        rule: the trained :class:`LSTMRule`.
-        subspace: the subspace the rule acts in; ``None`` = every parameter (plain L2O).
-        betas, eps, fused: as in :func:`~l2o_lib.rnnprop.rnnprop`.
-    """
-
-    def __init__(self, params, rule: Rule, subspace: Subspace | None = None, *,
-                 betas: Sequence[float] = (0.9, 0.99), eps: float = 1e-8, fused: bool = False):
-        def factory(betas: tuple = tuple(betas), eps: float = eps) -> Transform:
-            return sl2o(rule, subspace, betas=betas, eps=eps, fused=fused)
-
-        super().__init__(params, factory)
-        if len(self.param_groups) != 1:
-            raise ValueError("SL2O acts on one flat vector: pass a single parameter group")
-        n = sum(p.numel() for p in self.param_groups[0]["params"])
-        want = n if subspace is None else subspace.ambient_dim
-        if n != want:
-            raise ValueError(f"params have {n} entries but the subspace lives in {want} dimensions")
-
-
-# ----------------------------------------------------------------------------- meta-training
-@dataclass
-class Problem:
-    """One task family: a model, the subspace its optimizer acts in, and training data.
-
-    Tasks of the family differ by the order of their batches (the paper samples tasks this way)
-    and start at ``theta0`` (the subspace origin when a subspace is given).
-
-    Args:
-        model: the flat view of the network.
-        train: ``(x, y)`` training tensors on the device.
-        batch_size: inner mini-batch size (paper: 128).
-        space: a :class:`~l2o_lib.subspace.Subspace`, LoRA coordinates
-            (:class:`~l2o_lib.lora.LoRASpace`, for transformers) or ``None`` (all parameters).
-        theta0: starting parameters (default: the space's origin, else the module's weights);
-            LoRA coordinates always start at the space's own initial ``(A, B)``.
-        val: ``(x, y)`` held out of the training data (:meth:`from_task` takes a task's validation
-            split), on which the best meta-training epoch is picked; never the test split.
-    """
-
-    model: FlatModel
-    train: tuple[Tensor, Tensor]
-    batch_size: int = 128
-    space: Subspace | LoRASpace | None = None
-    theta0: Tensor | None = None
-    val: tuple[Tensor, Tensor] | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.model, FlatModel):
-            raise ValueError(f"model must be a FlatModel, got {type(self.model).__name__}")
-        check_int("batch_size", self.batch_size)
-        # Shapes, dtypes and devices only: a mismatch would otherwise surface deep in meta-training.
-        self.model.check_batch(self.train, name="train")
-        if len(self.train[0]) == 0:
-            raise ValueError("train must hold at least one example")
-        if self.val is not None:
-            self.model.check_batch(self.val, name="val")
-        if self.theta0 is None:
-            self.theta0 = self.space.origin if self.space is not None else self.model.flatten()
-        self.model.check_theta(self.theta0, name="theta0")
-        if self.space is not None and self.space.ambient_dim != self.model.dim:
-            raise ValueError(f"space lives in {self.space.ambient_dim} dimensions, the model has {self.model.dim}")
-
-    @classmethod
-    def from_task(cls, task, space: Subspace | LoRASpace | None = None) -> "Problem":
-        """The family of ``task`` (a :class:`~l2o_lib.tasks.Task`): its training split, batch size and
-        start, with its **validation** split picking the best meta-training epoch."""
-        if not isinstance(task, Task):
-            raise ValueError(f"task must be a tasks.Task, got {type(task).__name__}")
-        val = None if task.val is None else (task.val.x, task.val.y)
-        # a space starts at its own origin; without one the task's start is the start
-        theta0 = task.theta0 if space is None else None
-        return cls(task.model, (task.train.x, task.train.y), task.batch_size, space, theta0=theta0, val=val)
-
-    @property
-    def dim(self) -> int:
-        """Number of coordinates the learned optimizer acts on."""
-        return self.model.dim if self.space is None else self.space.dim
-
-    def start(self, k: int = 1) -> Tensor:
-        """Starting coordinates of ``k`` tasks: ``(k, dim)``."""
-        if self.space is None:
-            z0 = self.theta0
-        elif isinstance(self.space, LoRASpace):
-            z0 = self.space.init()
-        else:
-            z0 = self.space.project(self.theta0)
-        return z0.expand(k, -1).clone()
-
-    def lift(self, z: Tensor) -> Tensor:
-        """Parameters of coordinates ``z``: ``(dim,)`` → ``(D,)``, ``(k, dim)`` → ``(k, D)``."""
-        if self.space is None:
-            return z
-        if isinstance(self.space, LoRASpace):
-            return self.space.lift(z) if z.dim() == 1 else torch.stack([self.space.lift(row) for row in z])
-        return self.space.lift(z)
-
-    def batches(self, generator: torch.Generator, k: int) -> tuple[Tensor, Tensor]:
-        """``k`` independent mini-batches, stacked: ``(k, batch, ...)``."""
-        x, y = self.train
-        idx = torch.randint(len(x), (k, self.batch_size), generator=generator, device=generator.device)
-        return x[idx], y[idx]
-
-    def losses(self, z: Tensor, batches: tuple[Tensor, Tensor]) -> Tensor:
-        """Training loss of each of the ``k`` tasks at coordinates ``z`` ``(k, dim)``: shape ``(k,)``.
-
-        One task runs the module directly (BatchNorm in train mode, running statistics left
-        alone); several run in one ``vmap`` call, which needs a model without BatchNorm.
-        """
-        thetas = self.lift(z)
-        x, y = batches
-        if len(z) == 1:
-            return self.model.loss(thetas[0], (x[0], y[0]), train=True)[None]
-        return vmap(lambda theta, xb, yb: self.model.loss(theta, (xb, yb), train=True))(thetas, x, y)
-
-    def loss_and_grad(self, z: Tensor, batches: tuple[Tensor, Tensor], *,
-                      create_graph: bool = False) -> tuple[Tensor, Tensor]:
-        """The summed training loss of the ``k`` tasks at ``z`` and its gradient ``(k, dim)``.
-
-        ``create_graph=False`` (first-order meta-training) returns constants; then one task in a
-        linear subspace (or on every parameter) takes :meth:`FlatModel.loss_and_grad` at ``lift(z)``
-        and the chain rule ``P g``: the module's own autograd, as fast as a ``torch.optim`` step.
-        ``create_graph=True`` keeps the graph through ``z`` and the gradient (second order).
-        """
-        if not create_graph and len(z) == 1 and not isinstance(self.space, LoRASpace):
-            x, y = batches
-            loss, g = self.model.loss_and_grad(self.lift(z.detach()[0]), (x[0], y[0]), train=True)
-            return loss, (g if self.space is None else self.space.project_grad(g))[None]
-        with torch.enable_grad():
-            leaf = z if create_graph and z.requires_grad else z.detach().requires_grad_(True)
-            loss = self.losses(leaf, batches).sum()
-            (g,) = torch.autograd.grad(loss, leaf, create_graph=create_graph)
-        return (loss if create_graph else loss.detach()), g
+from ..config import check_choice, check_int, check_positive, check_seed
+from ..finite import check_finite_data
+from ..meta import DivergenceGuard, GuardEvent, resume_meta, save_meta
+from ..optim.base import Transform
+from ..rnnprop import LSTMRule, RNNpropState, rnnprop
+from ..training import progress
+from .problem import Problem
 
 
 @dataclass
@@ -503,32 +335,3 @@ def selection_curve(rule: LSTMRule, problem: Problem, *, steps: int, seed: int, 
             scores = problem.model.evaluate(problem.lift(z[0]), *problem.val)
             losses.append(float(scores["loss"]))
     return losses, float(scores["accuracy"])
-
-
-class Trained(NamedTuple):
-    """A meta-trained SL2O optimizer and the subspace it was trained in (``None``: plain L2O).
-
-    Saved and loaded as kind ``"sl2o"`` by :mod:`~l2o_lib.artifacts`."""
-
-    rule: LSTMRule
-    space: Subspace | None = None
-
-    def state(self) -> dict:
-        """A ``torch.save``-able dict: the rule's configuration and weights, and the subspace."""
-        if not isinstance(self.rule, LSTMRule):
-            raise ValueError(f"rule must be an LSTMRule, got {type(self.rule).__name__}")
-        rule, space = self.rule, self.space
-        config = {"hidden": rule.hidden, "layers": rule.layers, "scale": rule.scale, "input_size": rule.input_size}
-        state = {"config": config, "weights": rule.state_dict()}
-        if space is not None:
-            state["space"] = {"origin": space.origin, "basis": space.basis,
-                              "explained_variance_ratio": space.explained_variance_ratio,
-                              "singular_values": space.singular_values}
-        return state
-
-    @classmethod
-    def from_state(cls, state: dict) -> "Trained":
-        """Rebuild from :meth:`state` output."""
-        rule = LSTMRule(**state["config"])
-        rule.load_state_dict(state["weights"])
-        return cls(rule, Subspace(**state["space"]) if "space" in state else None)
