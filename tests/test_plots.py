@@ -115,6 +115,23 @@ def test_color_for_is_stable():
     assert plots.color_for("something else").startswith("#")
 
 
+def test_palette_gives_one_figure_distinct_colours_and_keeps_method_colours():
+    names = ["SL2O (scale 1, meta-seed 0)", "SL2O (scale 0.5, meta-seed 0)", "Momentum (lr 0.12, strong)", "Momentum†",
+             "Adam", "RMSProp (lr 0.004, strong)", "SL2O (distilled)"] + [f"run {i}" for i in range(20)]
+    colors = plots.palette(names)
+    assert len(set(colors.values())) == len(names)                       # no two series alike
+    assert colors["Adam"] == colors["Adam"] == plots.KNOWN_COLORS["Adam"]  # a known name keeps its colour
+    assert colors["SL2O (scale 1, meta-seed 0)"] == plots.KNOWN_COLORS["SL2O"]  # the first of a known base gets it
+    assert colors["Momentum (lr 0.12, strong)"] == plots.KNOWN_COLORS["Momentum"]
+    assert colors["SL2O (distilled)"] not in plots.KNOWN_COLORS.values()    # the base was taken
+    # two unknown names whose fallback colours collide get different ones
+    a, b = next((a, b) for a in map(str, range(200)) for b in map(str, range(200))
+                if a < b and plots.color_for(a) == plots.color_for(b))
+    assert len(set(plots.palette([a, b]).values())) == 2
+    fig = plots.curves({n: ([0, 1], [1.0, 0.5]) for n in names[:6]})
+    assert len({t.line.color for t in fig.data}) == 6
+
+
 # --------------------------------------------------------------------------- landscapes, schedules, mixing
 
 

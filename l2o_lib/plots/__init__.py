@@ -13,7 +13,7 @@ All figures share a template, a size, and a colour per optimizer name (:func:`co
 drives, started once per process; without one it warns once and keeps the HTML).
 
 =================  ===========================================================================
-``style``          template, size, colours (``color_for``, ``KNOWN_COLORS``), shared helpers
+``style``          template, size, colours (``color_for``, ``palette``: distinct per figure, ``KNOWN_COLORS``), shared helpers
 ``charts``         ``curves`` (with ± std bands), ``bar``, ``table``
 ``panels``         ``curve_panels``: curves in side-by-side panels (tasks, metrics)
 ``landscapes``     ``landscape_contour``, ``landscape_surface`` with trajectories
@@ -30,7 +30,7 @@ from .export import PngExportError, find_browser, png_available, save, stop_expo
 from .landscapes import landscape_contour, landscape_surface
 from .learned import layer_bars, lr_schedules, mixing_areas, pareto_fronts, parity
 from .panels import curve_panels
-from .style import HEIGHT, KNOWN_COLORS, TEMPLATE, WIDTH, color_for
+from .style import HEIGHT, KNOWN_COLORS, TEMPLATE, WIDTH, color_for, palette
 from .trajectories import trajectory_plane
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "HEIGHT",
     "KNOWN_COLORS",
     "color_for",
+    "palette",
     "curves",
     "curve_panels",
     "bar",

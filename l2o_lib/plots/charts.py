@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from .style import TEMPLATE, WIDTH, _layout, _rgba, _to_numpy, color_for
+from .style import TEMPLATE, WIDTH, _layout, _rgba, _to_numpy, color_for, palette
 
 __all__ = ["curves", "bar", "table"]
 
@@ -66,10 +66,11 @@ def curves(
     if not isinstance(series, Mapping) or not series:
         raise ValueError("series must be a non-empty dict {name: (x, y) or {'x', 'y', 'y_std'}}")
     fig = go.Figure()
+    colors = palette(series)
     for name, spec in series.items():
         name = str(name)
         x, y, std = _as_series(name, spec)
-        color = color_for(name)
+        color = colors[name]
         if std is not None:
             upper, lower = y + std, y - std
             if log_y:

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 
 from ..config import check_int, check_nonnegative
 from .charts import _as_series
-from .style import HEIGHT, KNOWN_COLORS, _layout, _rgba, _to_numpy, color_for
+from .style import HEIGHT, KNOWN_COLORS, _layout, _rgba, _to_numpy, color_for, palette
 
 __all__ = ["lr_schedules", "mixing_areas", "layer_bars", "pareto_fronts", "parity"]
 
@@ -45,6 +45,7 @@ def lr_schedules(
     if not isinstance(series, Mapping) or not series:
         raise ValueError("series must be a non-empty dict {name: (steps, lrs)}")
     fig = go.Figure()
+    colors = palette(series)
     for name, spec in series.items():
         name = str(name)
         if not isinstance(spec, (tuple, list)) or len(spec) != 2:
@@ -52,7 +53,7 @@ def lr_schedules(
         x, y, _ = _as_series(name, spec)
         if log_y:
             y = np.where(y > 0, y, np.nan)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=dict(color=color_for(name), width=2, shape="hv"),
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=dict(color=colors[name], width=2, shape="hv"),
                                  connectgaps=False))
     _layout(fig, title=title, xlabel=xlabel, ylabel=ylabel)
     if log_y:

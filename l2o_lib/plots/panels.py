@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .charts import _as_series
-from .style import HEIGHT, _layout, _rgba, color_for
+from .style import HEIGHT, _layout, _rgba, palette
 
 __all__ = ["curve_panels"]
 
@@ -56,12 +56,13 @@ def curve_panels(panels: Mapping[str, Mapping[str, Any]], *, cols: int = 2, titl
     rows = -(-len(titles) // cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.1, vertical_spacing=0.16)
     shown: set[str] = set()
+    colors = palette(dict.fromkeys(str(name) for panel in titles for name in panels[panel]))
     for i, panel in enumerate(titles):
         r, c = i // cols + 1, i % cols + 1
         for name, spec in panels[panel].items():
             name = str(name)
             x, y, std = _as_series(name, spec)
-            color = color_for(name)
+            color = colors[name]
             if std is not None:
                 lower = y - std
                 lower = np.where(lower > 0, lower, y) if panel in logged else lower

@@ -8,11 +8,11 @@ every builder of :mod:`l2o_lib.plots` uses to look alike and to accept tensors a
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, Iterable
 
 import plotly.graph_objects as go
 
-__all__ = ["TEMPLATE", "WIDTH", "HEIGHT", "KNOWN_COLORS", "color_for"]
+__all__ = ["TEMPLATE", "WIDTH", "HEIGHT", "KNOWN_COLORS", "color_for", "palette"]
 
 TEMPLATE = "plotly_white"
 WIDTH = 800
@@ -56,6 +56,32 @@ def color_for(name: str) -> str:
     if key.lower() in _KNOWN_LOWER:
         return _KNOWN_LOWER[key.lower()]
     return _FALLBACK_COLORS[zlib.crc32(key.encode("utf-8")) % len(_FALLBACK_COLORS)]
+
+
+def palette(names: Iterable[str]) -> dict[str, str]:
+    """Distinct colours for the series of one figure: ``{name: "#rrggbb"}``.
+
+    A known name keeps its :data:`KNOWN_COLORS` colour; a name ``"Base (details)"`` whose base is
+    known (``"SL2O (scale 1, meta-seed 0)"``, ``"Momentum (lr 0.12, strong)"``) takes the base's
+    colour when no other series of the figure has it already, so a method looks the same in every
+    notebook; any other name starts at its :func:`color_for` fallback colour and moves on to the
+    next one not yet used in the figure, so two series never share a colour (up to 35 of them).
+    """
+    names = [str(n) for n in names]
+    colors: dict[str, str] = {n: _KNOWN_LOWER[n.strip().lower()] for n in names if n.strip().lower() in _KNOWN_LOWER}
+    used = set(colors.values())
+    for n in names:
+        base = _KNOWN_LOWER.get(n.split(" (")[0].strip().lower())
+        if n not in colors and base is not None and base not in used:
+            colors[n] = base
+            used.add(base)
+    for n in names:
+        if n not in colors:
+            start = _FALLBACK_COLORS.index(color_for(n))
+            free = [_FALLBACK_COLORS[(start + k) % len(_FALLBACK_COLORS)] for k in range(len(_FALLBACK_COLORS))]
+            colors[n] = next((c for c in free if c not in used), free[0])
+            used.add(colors[n])
+    return colors
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
