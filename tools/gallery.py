@@ -16,9 +16,10 @@ from PIL import Image
 
 from l2o_lib import plots
 
-CHOSEN = ["01_subspaces_variance_quick", "02_pbfgs_epochs_quick", "03_sl2o_loss_quick",
-          "04_mlrsnet_lr_quick", "06_landscapes_contour_quick", "06_landscapes_surface_quick",
-          "07_symbolic_pareto_quick", "07_symbolic_parity_quick"]
+CHOSEN = ["01_subspaces_variance_quick", "01_subspaces_trajectory_quick", "02_pbfgs_epochs_quick",
+          "03_sl2o_test_accuracy_quick", "03_sl2o_transfer_quick", "04_mlrsnet_all_schedules_quick",
+          "05_l3rs_speedup_vs_target_quick", "06_landscapes_contour_quick", "06_landscapes_surface_quick",
+          "07_symbolic_pareto_quick", "07_symbolic_parity_quick", "07_symbolic_front_quick"]
 
 
 def figure_from_html(path: Path) -> go.Figure:
