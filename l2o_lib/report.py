@@ -139,26 +139,37 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _checkpoint_seconds(folder: Path) -> float | None:
+    """``history.seconds`` of the newest ``step_*.pt`` in ``folder``; ``None`` when absent or unreadable."""
+    checkpoints = sorted(folder.glob("step_*.pt"))
+    if not checkpoints:
+        return None
+    import torch
+
+    try:
+        return float(torch.load(checkpoints[-1], map_location="cpu", weights_only=True)["history"]["seconds"])
+    except Exception:  # noqa: BLE001 - a missing or foreign checkpoint leaves the cell empty
+        return None
+
+
 def meta_training_seconds(kind: str | None, run_dir: Path) -> tuple[float | None, str]:
     """``(seconds, where)`` of a meta-training run whose clock ``kind`` says where to find, in the
     notebook's run directory; ``(None, "")`` when it was not recorded or cannot be read.
 
     ``"sl2o"``: ``history.seconds`` of the newest ``checkpoints/step_*.pt`` (``meta_train`` keeps it
-    across resumed sessions). ``"l3rs"``: the sum of ``results/nes_history.json``'s per-generation
+    across resumed sessions), averaged over the meta-trainings under ``meta/*/`` when there are any. ``"l3rs"``: the sum of ``results/nes_history.json``'s per-generation
     ``seconds``.
     """
     run_dir = Path(run_dir)
     if kind == "sl2o":
-        checkpoints = sorted(run_dir.glob("checkpoints/step_*.pt"))
-        if not checkpoints:
+        # one meta-training per meta-seed and scale under meta/<name>/ (notebook 03 since issue 18), or one
+        # in the run's own checkpoints/; each newest checkpoint holds that meta-training's whole clock
+        runs = sorted(d for d in run_dir.glob("meta/*/checkpoints") if d.is_dir()) or [run_dir / "checkpoints"]
+        seconds = [_checkpoint_seconds(d) for d in runs]
+        if not seconds or any(t is None for t in seconds):
             return None, ""
-        import torch
-
-        try:
-            state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
-            return float(state["history"]["seconds"]), f"{run_dir.name} meta-checkpoint"
-        except Exception:  # noqa: BLE001 - a missing or foreign checkpoint leaves the cell empty
-            return None, ""
+        what = f"{run_dir.name} meta-checkpoint" + (f"s (mean of {len(seconds)})" if len(seconds) > 1 else "")
+        return sum(seconds) / len(seconds), what
     if kind == "l3rs":
         history = _read_json(run_dir / "results" / "nes_history.json")
         try:

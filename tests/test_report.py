@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from l2o_lib import report
-from l2o_lib.report import COLUMNS, METHODS, bench_frame, markdown, parse_number, scaling_frames, side_by_side
+from l2o_lib.report import (COLUMNS, METHODS, bench_frame, markdown, meta_training_seconds, parse_number, scaling_frames,
+                             side_by_side)
 
 
 def write_json(path, obj):
@@ -102,6 +103,18 @@ def test_sources_name_every_input(runs, bench):
                             "03_sl2o meta-checkpoint")
     assert rows["MLR-SNet"] == "04_mlrsnet summary.json; bench/mlrsnet_step.py (quick, cpu)"   # one case, named once
     assert rows["L3RS"] == "05_l3rs summary.json; 05_l3rs nes_history.json"
+
+
+def test_sl2o_meta_training_time_is_the_mean_over_its_meta_trainings(tmp_path):
+    run_dir = tmp_path / "03_sl2o"
+    for name, seconds in (("scale1_seed0", 60.0), ("scale1_seed1", 70.0)):
+        folder = run_dir / "meta" / name / "checkpoints"
+        folder.mkdir(parents=True)
+        torch.save({"history": {"seconds": 1.0}}, folder / "step_00000001.pt")
+        torch.save({"history": {"seconds": seconds}}, folder / "step_00000002.pt")
+    assert meta_training_seconds("sl2o", run_dir) == (65.0, "03_sl2o meta-checkpoints (mean of 2)")
+    (run_dir / "meta" / "scale1_seed1" / "checkpoints" / "step_00000003.pt").write_bytes(b"broken")
+    assert meta_training_seconds("sl2o", run_dir) == (None, "")
 
 
 def test_missing_inputs_leave_empty_cells(tmp_path, runs, bench):
