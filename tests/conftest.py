@@ -54,3 +54,19 @@ def digits_split():
     """``(train, test)`` :class:`~l2o_lib.data.ArrayData`: digits 0-1199 and 1200-1796, flat."""
     x, y = _digits()
     return ArrayData(x[:1200], y[:1200]), ArrayData(x[1200:], y[1200:])
+
+
+@pytest.fixture(scope="module")
+def l3rs_family_parts(tmp_path_factory):
+    """A small L3RS fine-tuning family (an MLP backbone pretrained on 2 of 6 Gaussian-mixture classes,
+    tasks of 2 classes from the others): ``(family, backbone cache folder, data)``."""
+    from l2o_lib.data import load_dataset
+    from l2o_lib.finetuning import TaskFamily, pretrain_backbone
+
+    data = load_dataset("gaussian_mixture", num_classes=6, dim=10, n_train=600, n_test=300, seed=0)
+    cache = tmp_path_factory.mktemp("backbones")
+    backbone = pretrain_backbone("mlp", data, [0, 1], steps=60, lr=1e-2, batch_size=64, cache_dir=cache,
+                                 model_kwargs={"hidden": (16,)}, desc=None)
+    family = TaskFamily(data, "mlp", backbone, {"train": [2, 3], "test": [4, 5]}, k=2, n_train=100,
+                        model_kwargs={"hidden": (16,)})
+    return family, cache, data

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from l2o_lib.data import load_dataset
-from l2o_lib.finetuning import TaskFamily, finetune, pretrain_backbone
+from l2o_lib.finetuning import finetune, pretrain_backbone
 from l2o_lib.functional import FlatModel
 from l2o_lib.l3rs import (L3RS, L3RSConfig, baseline_factories, combine, init_phi, l3rs, population_fitness,
                           population_losses, unpack_phi)
@@ -37,14 +36,8 @@ def _set_output(phi, cfg, bias):
 
 
 @pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    data = load_dataset("gaussian_mixture", num_classes=6, dim=10, n_train=600, n_test=300, seed=0)
-    cache = tmp_path_factory.mktemp("backbones")
-    bb = pretrain_backbone("mlp", data, [0, 1], steps=60, lr=1e-2, batch_size=64, cache_dir=cache,
-                           model_kwargs={"hidden": (16,)}, desc=None)
-    fam = TaskFamily(data, "mlp", bb, {"train": [2, 3], "test": [4, 5]}, k=2, n_train=100,
-                     model_kwargs={"hidden": (16,)})
-    return fam, cache, data
+def family(l3rs_family_parts):
+    return l3rs_family_parts
 
 
 # ------------------------------------------------------------------------------ the update rule

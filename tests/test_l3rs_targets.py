@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from l2o_lib.data import load_dataset
-from l2o_lib.finetuning import TaskFamily, pretrain_backbone
 from l2o_lib.claims import speedup_by_seed
 from l2o_lib.l3rs import (BASE_LABELS, BASES, L3RSConfig, init_phi, level_targets, metric_curve, population_losses,
                           steps_by_level)
@@ -74,12 +72,8 @@ def test_every_base_has_a_label():
 
 
 @pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    data = load_dataset("gaussian_mixture", num_classes=6, dim=10, n_train=600, n_test=300, seed=0)
-    bb = pretrain_backbone("mlp", data, [0, 1], steps=60, lr=1e-2, batch_size=64,
-                           cache_dir=tmp_path_factory.mktemp("backbones"), model_kwargs={"hidden": (16,)}, desc=None)
-    return TaskFamily(data, "mlp", bb, {"train": [2, 3], "test": [4, 5]}, k=2, n_train=100,
-                      model_kwargs={"hidden": (16,)})
+def family(l3rs_family_parts):
+    return l3rs_family_parts[0]
 
 
 @pytest.mark.parametrize("bases", [("sgd", "adam", "lion"), ("adam", "lamb", "adamax")])
