@@ -193,12 +193,9 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
         explode, patience: the :class:`~l2o_lib.meta.DivergenceGuard` settings. An epoch whose
             last unroll was refused is scored by running the rolled-back rule on its task.
         fused: step the rule through :func:`~l2o_lib.rnnprop.fused_rnnprop` (compiled on CUDA).
-        select: how an epoch is scored. ``"mean_val"``: the rule as the epoch left it runs one
-            fixed selection task (:func:`selection_curve`, ``steps_per_task`` steps, the same batch
-            order for every epoch) and scores the mean validation loss along it, which rewards
-            speed as well as the end point. ``"final_val"``: the validation loss at the end of
-            the epoch's own training task; that trajectory came from a rule that changed while it
-            ran, on a different batch order each epoch, and its end point does not measure speed.
+        select: ``"mean_val"``: the rule as the epoch left it runs one fixed selection task
+            (:func:`selection_curve`) and scores its mean validation loss, rewarding speed too.
+            ``"final_val"``: the validation loss at the end of the epoch's own (changing) task.
     """
     _check_meta_train_args(rule, problem, epochs=epochs, steps_per_task=steps_per_task, unroll=unroll,
                            meta_lr=meta_lr, tasks_per_step=tasks_per_step, seed=seed, select=select)
@@ -231,18 +228,10 @@ def meta_train(rule: LSTMRule, problem: Problem, *, epochs: int = 20, steps_per_
         z = run_task(problem, transform, generator, steps=steps_per_task, unroll=unroll, tasks=tasks_per_step,
                      first_order=first_order, on_unroll=on_unroll)
         history.inner_steps += steps_per_task * tasks_per_step
-        if problem.val is not None and select == "mean_val":
-            curve, accuracy = selection_curve(rule, problem, steps=steps_per_task, seed=seed + SELECTION_SEED,
-                                              betas=betas, eps=eps, fused=fused)
-            best = _record_epoch(rule, history, epoch, best, curve, accuracy)
-        elif problem.val is not None:
-            if not last_ok:
-                # The last unroll was refused: the task restarted and z is its untrained start. Score
-                # what the epoch ended with, the rolled-back rule, on the epoch's task from the start.
-                z = run_task(problem, rnnprop(rule, betas=betas, eps=eps, fused=fused), generator.manual_seed(seed + epoch),
-                             steps=steps_per_task, unroll=steps_per_task, tasks=tasks_per_step, first_order=True,
-                             on_unroll=lambda value, objective: True)
-            best = _score_epoch(rule, problem, z[0], epoch, history, best)
+        if problem.val is not None:
+            best = _judge_epoch(select, rule, problem, z, epoch=epoch, history=history, best=best, last_ok=last_ok,
+                                seed=seed, steps=steps_per_task, tasks=tasks_per_step,
+                                rnnprop_kwargs=dict(betas=betas, eps=eps, fused=fused))
         history.events = prior_events + guard.events
         history.seconds = time.perf_counter() - clock
         save_meta(run, epoch + 1, kind="sl2o", module=rule, optimizer=optimizer, guard=guard,
@@ -272,6 +261,23 @@ def _check_meta_train_args(rule: LSTMRule, problem: Problem, *, epochs: int, ste
     check_finite_data("problem.train[0] (the training inputs)", problem.train[0])
     if problem.val is not None:
         check_finite_data("problem.val[0] (the validation inputs)", problem.val[0])
+
+
+def _judge_epoch(select: str, rule: LSTMRule, problem: Problem, z: Tensor, *, epoch: int, history: MetaHistory,
+                 best: dict | None, last_ok: bool, seed: int, steps: int, tasks: int, rnnprop_kwargs: dict) -> dict | None:
+    """Score the rule an epoch ended with (``select``, see :func:`meta_train`) into ``history``; return
+    the best epoch so far. ``z``: the end of the epoch's own task, ``last_ok``: whether its last
+    unroll's meta-step was accepted."""
+    if select == "mean_val":
+        curve, accuracy = selection_curve(rule, problem, steps=steps, seed=seed + SELECTION_SEED, **rnnprop_kwargs)
+        return _record_epoch(rule, history, epoch, best, curve, accuracy)
+    if not last_ok:
+        # The last unroll was refused: the task restarted and z is its untrained start. Score what
+        # the epoch ended with, the rolled-back rule, on the epoch's task from the start.
+        generator = torch.Generator(device=problem.theta0.device).manual_seed(seed + epoch)
+        z = run_task(problem, rnnprop(rule, **rnnprop_kwargs), generator, steps=steps, unroll=steps, tasks=tasks,
+                     first_order=True, on_unroll=lambda value, objective: True)
+    return _score_epoch(rule, problem, z[0], epoch, history, best)
 
 
 def _check_resumed_selection(history: MetaHistory, select: str) -> None:
