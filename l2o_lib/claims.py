@@ -280,9 +280,6 @@ def direction_verdict(ours: float, interval: Sequence[float], *, null: float = 0
     return "partly" if sign * ours > sign * null else "not reproduced"
 
 
-
-
-
 def time_to_target(times: Sequence[float], curve: Sequence[float], target: float) -> float | None:
     """Wall time at the first evaluation where ``curve`` (e.g. test accuracy) reaches ``target`` (``>=``);
     ``times[i]`` is the run's clock at evaluation ``i``. ``None`` when it never does (a censored run: count it

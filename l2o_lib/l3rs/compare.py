@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..config import check_choice, check_int, check_seeds
 from ..finetuning import TaskFamily, finetune
+from ..metrics import speedup, steps_to_target
 from ..optim import Transform, adam
 from ..optim.masked import head_only
 from ..training import History, mean_train_loss, progress
@@ -131,30 +132,33 @@ def speedup_records(histories: dict[str, list[History]], *, method: str, baselin
     never gets there). ``metric``: ``"loss"`` (training loss on the task's training split, lower is
     better) or ``"accuracy"`` (the test split's accuracy, higher is better: the paper's speed-up,
     Fig. 3F; needs ``compare_methods(..., test_curve=True)``)."""
-    from ..metrics import speedup, steps_to_target
-
     check_choice("metric", metric, ("loss", "accuracy"))
     missing = [m for m in (method, *baselines, *([baseline] if baseline else [])) if m not in histories]
     if missing:
         raise ValueError(f"histories lack method(s) {missing}")
-    sign, mode = (1.0, "below") if metric == "loss" else (-1.0, "above")
+    sign = 1.0 if metric == "loss" else -1.0
     rows = []
     for i, ours in enumerate(histories[method]):
-        finals = {b: float(_curve(histories[b][i], metric)[-1]) for b in baselines}
-        best = baseline or min(finals, key=lambda b: sign * finals[b])
+        if baseline is None:
+            finals = {b: float(_curve(histories[b][i], metric)[-1]) for b in baselines}
+            best = min(finals, key=lambda b: sign * finals[b])
+        else:
+            best = baseline
         target = float(_curve(histories[best][i], metric)[-1])
-
-        def steps_of(h: History):
-            hit = steps_to_target(_curve(h, metric), target, mode=mode)
-            return None if hit is None else int(h.eval_steps[hit])
-
-        base_steps, our_steps = steps_of(histories[best][i]), steps_of(ours)
+        base_steps, our_steps = steps_to(histories[best][i], metric, target), steps_to(ours, metric, target)
         rows.append({"task": i, "best baseline": best, f"target {metric}": target, "baseline steps": base_steps,
                      f"{method} steps": our_steps, "speedup": speedup(base_steps, our_steps),
                      f"{method} final loss": float(ours.test_loss[-1]),
                      f"{method} test accuracy": ours.extra["test_accuracy"],
                      "baseline test accuracy": histories[best][i].extra["test_accuracy"]})
     return rows
+
+
+def steps_to(h: History, metric: str, target: float) -> int | None:
+    """The step of ``h``'s first evaluation at or past ``target`` on its ``metric`` curve (as
+    :func:`speedup_records` reads it); ``None``: never, a censored run to count, not drop."""
+    hit = steps_to_target(_curve(h, metric), target, mode="below" if metric == "loss" else "above")
+    return None if hit is None else int(h.eval_steps[hit])
 
 
 def share_ends(histories: Sequence[History], config, *, base: str = "adam", fraction: float = 0.1) -> list[tuple[float, float]]:

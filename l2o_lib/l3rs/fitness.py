@@ -166,18 +166,24 @@ def generation_tasks(family: TaskFamily, generation: int, *, count: int, stream:
     per meta-training seed, so seeds see different tasks) and each run's length, ``steps`` or, with
     ``min_steps``, drawn uniformly from ``[min_steps, steps]`` (the paper's sampled horizon K)."""
     check_int("generation", generation, minimum=0)
-    check_int("count", count)
-    check_int("stream", stream, minimum=0)
-    check_int("steps", steps)
+    _check_generations(count=count, stream=stream, steps=steps, min_steps=min_steps)
     first = 10_000 + stream * 1_000_000 + generation * count
     tasks = [family.sample("train", first + j) for j in range(count)]
     if min_steps is None:
         return tasks, [steps] * count
-    check_int("min_steps", min_steps)
-    if min_steps > steps:
-        raise ValueError(f"min_steps={min_steps} must be <= steps={steps}")
     g = torch.Generator().manual_seed(first)
     return tasks, torch.randint(min_steps, steps + 1, (count,), generator=g).tolist()
+
+
+def _check_generations(*, count: int, stream: int, steps: int, min_steps: int | None) -> None:
+    """:func:`generation_tasks`'s checks of what every generation shares."""
+    check_int("count", count)
+    check_int("stream", stream, minimum=0)
+    check_int("steps", steps)
+    if min_steps is not None:
+        check_int("min_steps", min_steps)
+        if min_steps > steps:
+            raise ValueError(f"min_steps={min_steps} must be <= steps={steps}")
 
 
 def make_fitness(family: TaskFamily, config: L3RSConfig, *, fitness: str, steps: int, min_steps: int | None = None,
@@ -187,7 +193,7 @@ def make_fitness(family: TaskFamily, config: L3RSConfig, *, fitness: str, steps:
     (:func:`generation_tasks`) scored by :func:`population_fitness`. The paper's protocol is
     ``fitness="eval_final"`` with ``min_steps`` set (K sampled); ours ``"train_mean"`` at ``steps``."""
     check_choice("fitness", fitness, FITNESSES)
-    generation_tasks(family, 0, count=tasks_per_gen, stream=stream, steps=steps, min_steps=min_steps)  # checks
+    _check_generations(count=tasks_per_gen, stream=stream, steps=steps, min_steps=min_steps)  # before any work
 
     def fitness_fn(members: Tensor, generation: int) -> Tensor:
         tasks, lengths = generation_tasks(family, generation, count=tasks_per_gen, stream=stream, steps=steps,

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import check_choice
 from ..training import History
-from .compare import _curve
+from .compare import _curve, steps_to
 
 __all__ = ["level_targets", "steps_by_level", "metric_curve"]
 
@@ -51,14 +51,6 @@ def level_targets(baseline: Sequence[History], metric: str, fraction: float) -> 
         start, final = (float(finite[0]), float(finite[-1])) if finite.size else (float("nan"),) * 2
         out.append(final + (1 - q) * (start - final))  # written from the end: q = 1 is the final value exactly
     return out
-
-
-def _steps(h: History, metric: str, target: float) -> int | None:
-    """The step of ``h``'s first evaluation at or past ``target`` (``None``: never)."""
-    from ..metrics import steps_to_target
-
-    hit = steps_to_target(_curve(h, metric), target, mode="below" if metric == "loss" else "above")
-    return None if hit is None else int(h.eval_steps[hit])
 
 
 def steps_by_level(histories: Mapping[str, Sequence[History]], *, methods: Mapping[Any, str], baseline: str,
@@ -91,8 +83,8 @@ def steps_by_level(histories: Mapping[str, Sequence[History]], *, methods: Mappi
     for q in _check_fractions(fractions):
         targets = level_targets(histories[baseline], metric, q)
         rows.append({"fraction": q, "targets": targets,
-                     "baseline": [_steps(h, metric, t) for h, t in zip(histories[baseline], targets)],
-                     "methods": {key: [_steps(h, metric, t) for h, t in zip(histories[name], targets)]
+                     "baseline": [steps_to(h, metric, t) for h, t in zip(histories[baseline], targets)],
+                     "methods": {key: [steps_to(h, metric, t) for h, t in zip(histories[name], targets)]
                                  for key, name in methods.items()}})
     return rows
 
