@@ -166,7 +166,7 @@ def meta_training_seconds(kind: str | None, run_dir: Path) -> tuple[float | None
         # in the run's own checkpoints/; each newest checkpoint holds that meta-training's whole clock
         runs = sorted(d for d in run_dir.glob("meta/*/checkpoints") if d.is_dir()) or [run_dir / "checkpoints"]
         seconds = [_checkpoint_seconds(d) for d in runs]
-        if not seconds or any(t is None for t in seconds):
+        if None in seconds:
             return None, ""
         what = f"{run_dir.name} meta-checkpoint" + (f"s (mean of {len(seconds)})" if len(seconds) > 1 else "")
         return sum(seconds) / len(seconds), what

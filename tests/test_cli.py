@@ -324,3 +324,13 @@ def test_parallel_run_starts_a_notebook_after_those_it_reads(tmp_path, monkeypat
     assert at[("start", "07_symbolic")] > max(at[("end", "03_sl2o")], at[("end", "05_l3rs")])
     assert at[("start", "08_benchmarks")] > at[("end", "07_symbolic")]
     assert at[("start", "05_l3rs")] < at[("end", "03_sl2o")]      # independent ones do run side by side
+
+
+def test_the_notebooks_that_reuse_trained_optimizers_wait_for_every_kind():
+    # runner.NEEDS names the notebooks literally (runner stays light for CLI errors); it must follow
+    # artifacts.KINDS, the notebooks that save a trained optimizer, and 08 waits for every notebook.
+    from l2o_lib.artifacts import KINDS
+
+    trained = {kind.notebook for kind in KINDS.values()}
+    assert set(runner.NEEDS["06_landscapes"]) == set(runner.NEEDS["07_symbolic"]) == trained
+    assert set(runner.NEEDS["08_benchmarks"]) == {p.stem for p in runner.find_notebooks([])} - {"08_benchmarks"}

@@ -9,8 +9,8 @@ working directory).
 
 The notebooks' last cell (after the "Checks" heading) asserts the paper's claims at full scale, which a few
 steps on random images cannot meet, so each notebook runs as a copy without that cell; the test asserts
-instead that every other cell ran, that the run wrote its results (``summary.json``, and ``claims.json``
-for 03 and 05), and that it used the paper profile's dataset and model.
+instead that every other cell ran, that the run wrote its results (``summary.json`` and ``claims.json``),
+and that it used the paper profile's dataset and model.
 
 Overrides only name keys of the notebook's current ``SETTINGS["paper"]`` (:mod:`l2o_lib.nbparams` refuses
 unknown keys); :func:`test_every_paper_count_is_shrunk` fails when a notebook gains a count this file does
@@ -121,11 +121,11 @@ def test_every_paper_count_is_shrunk():
     here or listed in KEPT, and every override names an existing key, except the ones a notebook dropped."""
     for stem in STEMS:
         settings = paper_settings(stem)
-        _, overrides = shrunk(stem)
+        parameters, overrides = shrunk(stem)
         counts = {k for k, v in settings.items() if isinstance(v, int) and not isinstance(v, bool)}
         missing = counts - set(overrides) - KEPT.get(stem, set())
         assert not missing, f"{stem}: SETTINGS['paper'] counts {sorted(missing)} are not shrunk by SHRINK"
-        nbparams.check_notebook_params(stem, {**shrunk(stem)[0], "overrides": overrides}, profile="paper")
+        nbparams.check_notebook_params(stem, {**parameters, "overrides": overrides}, profile="paper")
 
 
 def test_checks_cell_is_found_and_dropped(tmp_path):

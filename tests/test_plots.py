@@ -128,6 +128,7 @@ def test_palette_gives_one_figure_distinct_colours_and_keeps_method_colours():
     a, b = next((a, b) for a in map(str, range(200)) for b in map(str, range(200))
                 if a < b and plots.color_for(a) == plots.color_for(b))
     assert len(set(plots.palette([a, b]).values())) == 2
+    assert len(set(plots.palette(["SL2O", " sl2o"]).values())) == 2          # the same known name twice
     fig = plots.curves({n: ([0, 1], [1.0, 0.5]) for n in names[:6]})
     assert len({t.line.color for t in fig.data}) == 6
 
@@ -373,6 +374,7 @@ def test_curve_panels_one_colour_and_legend_entry_per_series_across_panels():
     assert {t.line.color for t in lines if t.name == "SL2O"} == {plots.color_for("SL2O")}
     bands = [t for t in fig.data if t.fill == "toself"]
     assert len(bands) == 1 and min(bands[0].y) > 0   # the lower edge is clipped on the log axis
+    assert all(t.mode == "lines" for t in fig.data)   # no marker dots on short curves or their bands
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type != "log" and fig.layout.yaxis3.type == "log"
     assert [a.text for a in fig.layout.annotations] == ["task A: loss", "task A: accuracy", "task B: loss"]
 

@@ -70,31 +70,38 @@ def curves(
     for name, spec in series.items():
         name = str(name)
         x, y, std = _as_series(name, spec)
-        color = colors[name]
-        if std is not None:
-            upper, lower = y + std, y - std
-            if log_y:
-                lower = np.where(lower > 0, lower, y)
-            fig.add_trace(go.Scatter(
-                x=np.concatenate([x, x[::-1]]),
-                y=np.concatenate([upper, lower[::-1]]),
-                fill="toself",
-                mode="lines",  # plotly's default adds markers under 20 points: dots on the band's outline
-                fillcolor=_rgba(color, 0.18),
-                line=dict(width=0),
-                hoverinfo="skip",
-                showlegend=False,
-                legendgroup=name,
-                name=f"{name} ± std",
-            ))
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, legendgroup=name,
-                                 line=dict(color=color, width=2)))
+        add_series(fig, name, x, y, std, colors[name], log_y=log_y)
     _layout(fig, title=title, xlabel=xlabel, ylabel=ylabel)
     if log_y:
         fig.update_yaxes(type="log")
     if log_x:
         fig.update_xaxes(type="log")
     return fig
+
+
+def add_series(fig: go.Figure, name: str, x: np.ndarray, y: np.ndarray, std: np.ndarray | None, color: str, *,
+               log_y: bool, showlegend: bool = True, **cell: int) -> None:
+    """One series of :func:`curves` (and of each panel of :func:`~l2o_lib.plots.curve_panels`): its
+    ± std band first when ``std`` is given (its lower edge clipped to ``y`` where ``y - std <= 0`` on
+    a log axis), then its line; ``cell``: ``row`` / ``col`` of a subplot."""
+    if std is not None:
+        upper, lower = y + std, y - std
+        if log_y:
+            lower = np.where(lower > 0, lower, y)
+        fig.add_trace(go.Scatter(
+            x=np.concatenate([x, x[::-1]]),
+            y=np.concatenate([upper, lower[::-1]]),
+            fill="toself",
+            mode="lines",  # plotly's default adds markers under 20 points: dots on the band's outline
+            fillcolor=_rgba(color, 0.18),
+            line=dict(width=0),
+            hoverinfo="skip",
+            showlegend=False,
+            legendgroup=name,
+            name=f"{name} ± std",
+        ), **cell)
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, legendgroup=name, showlegend=showlegend,
+                             line=dict(color=color, width=2)), **cell)
 
 
 def bar(

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-import numpy as np
 import plotly.graph_objects as go
 
-from .charts import _as_series
-from .style import HEIGHT, _layout, _rgba, palette
+from .charts import _as_series, add_series
+from .style import HEIGHT, _layout, palette
 
 __all__ = ["curve_panels"]
 
@@ -62,16 +61,8 @@ def curve_panels(panels: Mapping[str, Mapping[str, Any]], *, cols: int = 2, titl
         for name, spec in panels[panel].items():
             name = str(name)
             x, y, std = _as_series(name, spec)
-            color = colors[name]
-            if std is not None:
-                lower = y - std
-                lower = np.where(lower > 0, lower, y) if panel in logged else lower
-                fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([y + std, lower[::-1]]),
-                                         fill="toself", fillcolor=_rgba(color, 0.18), line=dict(width=0),
-                                         hoverinfo="skip", showlegend=False, legendgroup=name, name=f"{name} ± std"),
-                              row=r, col=c)
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, legendgroup=name, showlegend=name not in shown,
-                                     line=dict(color=color, width=2)), row=r, col=c)
+            add_series(fig, name, x, y, std, colors[name], log_y=panel in logged, showlegend=name not in shown,
+                       row=r, col=c)
             shown.add(name)
         if panel in logged:
             fig.update_yaxes(type="log", row=r, col=c)

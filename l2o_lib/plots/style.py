@@ -68,7 +68,11 @@ def palette(names: Iterable[str]) -> dict[str, str]:
     next one not yet used in the figure, so two series never share a colour (up to 35 of them).
     """
     names = [str(n) for n in names]
-    colors: dict[str, str] = {n: _KNOWN_LOWER[n.strip().lower()] for n in names if n.strip().lower() in _KNOWN_LOWER}
+    colors: dict[str, str] = {}
+    for n in names:   # "adam" and " Adam" are two series: only the first gets Adam's colour
+        known = _KNOWN_LOWER.get(n.strip().lower())
+        if known is not None and known not in colors.values():
+            colors[n] = known
     used = set(colors.values())
     for n in names:
         base = _KNOWN_LOWER.get(n.split(" (")[0].strip().lower())
@@ -77,7 +81,7 @@ def palette(names: Iterable[str]) -> dict[str, str]:
             used.add(base)
     for n in names:
         if n not in colors:
-            start = _FALLBACK_COLORS.index(color_for(n))
+            start = zlib.crc32(n.strip().encode("utf-8")) % len(_FALLBACK_COLORS)   # color_for's fallback
             free = [_FALLBACK_COLORS[(start + k) % len(_FALLBACK_COLORS)] for k in range(len(_FALLBACK_COLORS))]
             colors[n] = next((c for c in free if c not in used), free[0])
             used.add(colors[n])
