@@ -99,9 +99,7 @@ def population_run(model: FlatModel, phis: Tensor, config: L3RSConfig, task: Fin
                 thetas = torch.stack([r[0] for r in rows])
                 states = tuple_map(lambda *ts: torch.stack(ts), *[r[1] for r in rows])
                 out[:, k] = torch.stack([r[2] for r in rows])
-        if eval_batch is None:
-            return out, out.new_zeros(0)
-        return out, vmap(lambda th: loss_fn(th, *eval_batch))(thetas)
+        return out, None if eval_batch is None else vmap(lambda th: loss_fn(th, *eval_batch))(thetas)
 
     was = model.module.training
     model.module.eval()

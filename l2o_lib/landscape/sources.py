@@ -127,7 +127,8 @@ def learned_optimizers(model: FlatModel, train: ArrayData, num_classes: int, *, 
     """
     sources = {}
     trained = _saved_sl2o(model, profile, root, device)
-    if trained is not None:
+    saved_sl2o = trained is not None   # notebook 03's tuned LRs belong to its SL2O only
+    if saved_sl2o:
         sources["SL2O"] = f"notebook 03 ({root}/{profile}/03_sl2o)"
     else:
         sources["SL2O"] = "trained here (none saved for this model)"
@@ -143,6 +144,6 @@ def learned_optimizers(model: FlatModel, train: ArrayData, num_classes: int, *, 
         sources["L3RS"] = f"notebook 05 ({root}/{profile}/05_l3rs)"
     lrs = dict(lrs)
     tuned_file = find_artifact(profile, "03_sl2o", "results/tuned_lrs.json", root=root)
-    if tuned_file is not None and sources["SL2O"].startswith("notebook 03"):
+    if tuned_file is not None and saved_sl2o:
         lrs.update({k: v for k, v in json.loads(tuned_file.read_text()).items() if k in lrs})
     return LearnedOptimizers(trained, schedule, l3rs, sources, lrs, skip)

@@ -55,14 +55,18 @@ def fit_planes(trajectories: Mapping[str, Tensor], anchors: Sequence[str], *, ra
     return planes
 
 
+def _check_plane(plane: str) -> None:
+    if plane not in PLANES:
+        raise ValueError(f"plane={plane!r} is not known; choose from {list(PLANES)}")
+
+
 def plane_name(plane: str, planes: Mapping[str, Plane], anchors: Sequence[str]) -> str:
     """The name in ``planes`` of the knob value ``plane`` (a key of :data:`PLANES`).
 
     Raises:
         ValueError: an unknown value, or a plane not fitted (the endpoint plane needs three anchors).
     """
-    if plane not in PLANES:
-        raise ValueError(f"plane={plane!r} is not known; choose from {list(PLANES)}")
+    _check_plane(plane)
     if PLANES[plane] not in planes:
         raise ValueError(f"plane={plane!r}: the {PLANES[plane]} is not available with the runs {list(anchors)} "
                          f"(the endpoint plane needs three runs to pass through)")
@@ -76,8 +80,7 @@ def check_plane_runs(plane: str, runs: Sequence[str] | None) -> None:
     Raises:
         ValueError: an unknown ``plane``, or ``"endpoints"`` with one of :data:`PAPER_RUNS` left out.
     """
-    if plane not in PLANES:
-        raise ValueError(f"plane={plane!r} is not known; choose from {list(PLANES)}")
+    _check_plane(plane)
     missing = [r for r in PAPER_RUNS if runs is not None and r not in runs]
     if plane == "endpoints" and missing:
         raise ValueError(f"plane='endpoints' passes through the endpoints of {list(PAPER_RUNS)}; runs={list(runs)} "
@@ -150,14 +153,19 @@ def axis_labels(name: str, plane: Plane, anchors: Sequence[str]) -> dict[str, st
     return dict(xlabel="α (filter-normalised direction 1)", ylabel="β (filter-normalised direction 2)")
 
 
+def _ratios(residuals: pd.DataFrame, plane_name: str) -> pd.Series:
+    """Each run's max relative residual on ``plane_name``, by run name."""
+    return residuals[residuals["plane"] == plane_name].set_index("optimizer")[RATIO]
+
+
 def summary_rows(true_loss: Mapping[str, np.ndarray], residuals: pd.DataFrame, plane_name: str, *, steps: int,
                  explained: float, resolution: int, grid_seconds: float, device) -> list[dict]:
     """The run's summary: each run's final loss and max relative residual on ``plane_name``, the
     PCA plane's kept variance ``explained`` and the grid's time (values rounded as saved)."""
-    res = residuals[residuals["plane"] == plane_name].set_index("optimizer")
+    res = _ratios(residuals, plane_name)
     rows = [{"method": name, "metric": f"loss after {steps} steps (evaluation batch)",
              "value": round(float(true_loss[name][-1]), 4)} for name in true_loss]
-    rows += [{"method": name, "metric": f"{RATIO} ({plane_name})", "value": round(float(res.loc[name, RATIO]), 4)}
+    rows += [{"method": name, "metric": f"{RATIO} ({plane_name})", "value": round(float(res[name]), 4)}
              for name in true_loss]
     rows += [
         {"method": "PCA plane", "metric": "variance of the three trajectories kept by 2 directions",
@@ -180,7 +188,7 @@ def findings_text(true_loss: Mapping[str, np.ndarray], residuals: pd.DataFrame, 
     whether to trust the picture: below 0.5 × ‖W0 − origin‖) and the grid's time."""
     end = {n: float(true_loss[n][-1]) for n in anchors}
     order = sorted(end, key=end.get)
-    res = residuals[residuals["plane"] == plane_name].set_index("optimizer")[RATIO]
+    res = _ratios(residuals, plane_name)
     verdict = ("the picture is faithful to the runs." if res.max() < 0.5 else
                "read the contours near that run with care (the fidelity table above gives the loss gap).")
     return (f"After {steps} steps from the same start, the training loss on the evaluation batch is "

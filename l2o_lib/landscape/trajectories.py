@@ -51,7 +51,7 @@ def record_module(model: FlatModel, make_optimizer: Callable, sampler, steps: in
     """``(steps + 1, D)`` like :func:`record_flat`, for the ordinary PyTorch loop on ``model.module``.
 
     ``make_optimizer(params) -> (optimizer, on_loss)`` builds the optimizer on the module's
-    parameters, which start at ``theta0``; ``on_loss(loss)`` gets each batch loss before the step
+    parameters, which start at ``theta0``; ``on_loss(loss)`` (or ``None``) gets each batch loss before the step
     (a scheduler's hook) and the optimizer's ``step`` gets a closure returning it. The module's
     weights and buffers are restored afterwards, even when the run fails.
     """
@@ -89,7 +89,7 @@ def mlrsnet_sgd(schedule: TrainedSchedule, *, steps: int, num_classes: int, f0: 
 def l3rs_optimizer(trained, *, steps: int, device=None) -> Callable:
     """A ``make_optimizer`` for :func:`record_module`: L3RS's ``torch.optim`` adapter told the run
     length ``steps`` (it reads the loss from the step's closure; no per-loss hook)."""
-    return lambda params: (L3RS(params, trained.phi.to(device), trained.config, total_steps=steps), lambda loss: None)
+    return lambda params: (L3RS(params, trained.phi.to(device), trained.config, total_steps=steps), None)
 
 
 def select_runs(runs: Sequence[str] | None, available: Iterable[str]) -> list[str]:
