@@ -94,6 +94,10 @@ def test_mlrsnet_sgd_builds_momentum_sgd_whose_lr_the_schedule_sets(model, train
     path = L.record_module(model, L.mlrsnet_sgd(schedule, steps=10, num_classes=3, f0=1.1), sampler(train), 10,
                            model.flatten())
     assert torch.isfinite(path).all() and not torch.equal(path[-1], path[0])
+    # without the settings in info, the SGD MLR-SNet is meta-trained on by default
+    plain = TrainedSchedule(schedule.snapshots, hidden=8)
+    assert plain.inner_sgd() == (0.9, 5e-4) and plain.inner_sgd(0.0, 0.0) == (0.0, 0.0)
+    assert schedule.inner_sgd(0.0, 1.0) == (0.5, 0.0)
 
 
 def test_select_runs_keeps_the_fixed_order_and_refuses_unknown_or_missing_runs():

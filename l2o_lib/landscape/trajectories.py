@@ -78,8 +78,8 @@ def mlrsnet_sgd(schedule: TrainedSchedule, *, steps: int, num_classes: int, f0: 
     info = schedule.info
 
     def make(params):
-        opt = torch.optim.SGD(params, lr=0.0, momentum=info.get("momentum", 0.9),
-                              weight_decay=info.get("weight_decay", 5e-4))
+        inner_momentum, inner_decay = schedule.inner_sgd()
+        opt = torch.optim.SGD(params, lr=0.0, momentum=inner_momentum, weight_decay=inner_decay)
         sched = MLRSNetScheduler(opt, schedule, total_steps=max(steps, info.get("steps", steps)),
                                  num_classes=num_classes, f0=f0)
         return opt, sched.step

@@ -289,9 +289,9 @@ def compare_schedules(model_name: str, data: Dataset, configs: Sequence[MethodCo
     if learned:
         f0 = torch.stack([initial_loss(model, base[i], train) for i in range(n)])
     for key, sched in learned.items():
+        inner_momentum, inner_decay = sched.inner_sgd(momentum, weight_decay)
         parts.append((n, mlrsnet_rule(sched, total_steps=steps, num_classes=data.num_classes, f0=f0,
-                                      momentum=float(sched.info.get("momentum", momentum)),
-                                      weight_decay=float(sched.info.get("weight_decay", weight_decay)))))
+                                      momentum=inner_momentum, weight_decay=inner_decay)))
         entries.append(key)
     thetas = base.repeat(len(parts), 1)
     hist = train_population(model, train, mixed_rule(parts), thetas=thetas, steps=steps, batch_size=batch_size,

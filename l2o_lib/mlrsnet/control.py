@@ -84,10 +84,10 @@ def compare_controls(main: Comparison, schedules: Mapping[tuple[str, str], Train
     schedule's batches)."""
     if not schedules:
         raise ValueError("schedules must name at least one learned schedule of main")
-    configs = [control_config(piece_means(main.lrs(method, setting), pieces),
-                              momentum=float(s.info.get("momentum", momentum)),
-                              weight_decay=float(s.info.get("weight_decay", weight_decay)),
-                              method=f"Control: {method}", setting=setting)
-               for (method, setting), s in schedules.items()]
+    configs = []
+    for (method, setting), schedule in schedules.items():
+        inner_momentum, inner_decay = schedule.inner_sgd(momentum, weight_decay)
+        configs.append(control_config(piece_means(main.lrs(method, setting), pieces), momentum=inner_momentum,
+                                      weight_decay=inner_decay, method=f"Control: {method}", setting=setting))
     return compare_schedules(model_name, data, configs, seeds=seeds, steps=steps, momentum=momentum,
                              weight_decay=weight_decay, **kwargs)

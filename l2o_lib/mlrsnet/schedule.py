@@ -60,6 +60,11 @@ class TrainedSchedule:
             except RuntimeError as e:
                 raise ValueError(f"snapshots[{i}] is not an MLRSNet(hidden={hidden}) state dict: {e}") from None
 
+    def inner_sgd(self, momentum: float = 0.9, weight_decay: float = 5e-4) -> tuple[float, float]:
+        """``(momentum, weight_decay)`` of the SGD this schedule was meta-trained to drive (its
+        ``info``), the arguments where ``info`` does not say."""
+        return float(self.info.get("momentum", momentum)), float(self.info.get("weight_decay", weight_decay))
+
     def __len__(self) -> int:
         return len(self.snapshots)
 
